@@ -1,0 +1,1 @@
+"""Meta-RL agents and the baselines they are compared against."""

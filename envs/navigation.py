@@ -1,0 +1,298 @@
+"""Point-robot navigation families: MAML's dense 2D navigation and PEARL/varibad's sparse point robot."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.env import MetaEnv
+from metarl.tasks import TaskFamily, check_count, check_real
+from metarl.vector import TorchVectorEnv
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalTask:
+    """A point-robot task: the goal position the robot must reach."""
+
+    goal: tuple[float, float]
+
+
+def _check_goal(task: GoalTask) -> tuple[float, float]:
+    if not isinstance(task.goal, tuple) or len(task.goal) != 2:
+        raise ValueError(f"task.goal must be a tuple (x, y), got {task.goal!r}")
+    return (check_real("task.goal[0]", task.goal[0]), check_real("task.goal[1]", task.goal[1]))
+
+
+# torch's vectorised float32 sqrt is not correctly rounded (NumPy's is); the float64 root rounded to float32 is the
+# same in both, which keeps the single and the batched envs bit-identical.
+def _float64_sqrt_numpy(x: np.float32) -> np.float32:
+    return np.float32(np.sqrt(np.float64(x)))
+
+
+def _float64_sqrt_torch(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(x.double()).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class Navigation2D(TaskFamily[GoalTask]):
+    """The 2D navigation tasks of the MAML paper.
+
+    ## Description
+    A point robot starts at the origin and must move to a goal it cannot see; only the reward tells it how far the
+    goal is. This is the reference code's ``point_env_randgoal`` (MAML) / ``Navigation2DEnv`` (pytorch-maml-rl).
+
+    ## Action Space
+    ``Box(-0.1, 0.1, (2,), float32)``: the displacement of the robot. Actions are clipped to the box.
+
+    ## Observation Space
+    ``Box(-inf, inf, (2,), float32)``: the robot's position.
+
+    ## Rewards
+    ``-||position - goal||_2`` after the move.
+
+    ## Episode End
+    Terminates when the robot is within ``goal_tolerance`` (0.01) of the goal in *both* coordinates (as the
+    reference code); truncated after ``horizon`` (100) steps.
+
+    ## Task distribution
+    ``goal ~ U[goal_low, goal_high]^2`` with ``[-0.5, 0.5]^2`` by default. The split draws distinct goals, so
+    held-out goals never occur in training.
+
+    ## Arguments
+    ``horizon`` (100), ``goal_low`` (-0.5), ``goal_high`` (0.5), ``goal_tolerance`` (0.01).
+
+    ## Version History
+    * v0: initial version.
+
+    References:
+        Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017, §5.3.
+    """
+
+    name = "Navigation2D"
+    version = 0
+    task_type = GoalTask
+    has_native_vector_env = True
+
+    def __init__(
+        self, horizon: int = 100, goal_low: float = -0.5, goal_high: float = 0.5, goal_tolerance: float = 0.01
+    ) -> None:
+        self.horizon = check_count("horizon", horizon)
+        self.goal_low = check_real("goal_low", goal_low)
+        self.goal_high = check_real("goal_high", goal_high)
+        if not self.goal_low < self.goal_high:
+            raise ValueError(f"goal_low must be < goal_high, got goal_low={goal_low}, goal_high={goal_high}")
+        self.goal_tolerance = check_real("goal_tolerance", goal_tolerance, 0.0)
+        self.max_action = 0.1
+        self._config = {
+            "horizon": self.horizon,
+            "goal_low": self.goal_low,
+            "goal_high": self.goal_high,
+            "goal_tolerance": self.goal_tolerance,
+        }
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[GoalTask]:
+        check_count("num_tasks", num_tasks)
+        goals = rng.uniform(self.goal_low, self.goal_high, size=(num_tasks, 2))
+        return [GoalTask(goal=(float(x), float(y))) for x, y in goals]
+
+    def _check_task_values(self, task: GoalTask) -> None:
+        for i, value in enumerate(_check_goal(task)):
+            if not self.goal_low <= value <= self.goal_high:
+                raise ValueError(
+                    f"task.goal[{i}]={value} is outside this family's goal region "
+                    f"[{self.goal_low}, {self.goal_high}]^2"
+                )
+
+    def make_env(self, task: GoalTask | None = None) -> Navigation2DEnv:
+        return Navigation2DEnv(self, task)
+
+    def make_vec_env(
+        self,
+        num_envs: int,
+        tasks: Sequence[GoalTask] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
+    ) -> Navigation2DVectorEnv:
+        return Navigation2DVectorEnv(self, num_envs, tasks, device, autoreset_mode)
+
+
+class Navigation2DEnv(MetaEnv[GoalTask]):
+    """Single env of :class:`Navigation2D`; see the family for the full description."""
+
+    family: Navigation2D
+
+    def _reset_state(self) -> None:
+        self._position = np.zeros(2, dtype=np.float32)
+        self._goal = self.task_params["goal"].astype(np.float32)
+
+    def _observe(self) -> np.ndarray:
+        return self._position.copy()
+
+    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+        bound = np.float32(self.family.max_action)
+        self._position = self._position + np.clip(action, -bound, bound)
+        offset = self._position - self._goal
+        reward = -_float64_sqrt_numpy(offset[0] * offset[0] + offset[1] * offset[1])
+        tolerance = np.float32(self.family.goal_tolerance)
+        terminated = bool(abs(offset[0]) < tolerance and abs(offset[1]) < tolerance)
+        return float(reward), terminated, {}
+
+
+class Navigation2DVectorEnv(TorchVectorEnv[GoalTask]):
+    """Native batched :class:`Navigation2D` in torch: positions and goals are ``[num_envs, 2]`` tensors."""
+
+    family: Navigation2D
+
+    def _reset_state(self, mask: torch.Tensor) -> None:
+        if not hasattr(self, "_position"):
+            self._position = torch.zeros((self.num_envs, 2), dtype=torch.float32, device=self.device)
+        self._position = torch.where(mask[:, None], 0.0, self._position)
+        self._goal = self.task_params["goal"].to(torch.float32)
+
+    def _observe(self) -> torch.Tensor:
+        return self._position.clone()
+
+    def _step_state(
+        self, actions: torch.Tensor, uniforms: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        bound = self.family.max_action
+        self._position = self._position + actions.clamp(-bound, bound)
+        offset = self._position - self._goal
+        rewards = -_float64_sqrt_torch(offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1])
+        tolerance = torch.tensor(self.family.goal_tolerance, dtype=torch.float32, device=self.device)
+        terminated = (offset.abs() < tolerance).all(dim=1)
+        return rewards, terminated, {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class SparsePointRobot(TaskFamily[GoalTask]):
+    """The sparse-reward point robot of PEARL and varibad.
+
+    ## Description
+    A point robot starts at the origin; its goal lies on the upper half of the unit circle. Reward is given only
+    inside a small radius around the goal, so the agent must explore the semicircle to find it.
+
+    ## Action Space
+    ``Box(-1, 1, (2,), float32)``: actions are clipped to the box and scaled by ``max_step`` (0.1), so the robot
+    moves at most 0.1 per coordinate per step (varibad scales in the env; PEARL's action normalisation wrapper
+    has the same effect).
+
+    ## Observation Space
+    ``Box(-inf, inf, (2,), float32)``: the robot's position.
+
+    ## Rewards
+    ``1 - ||position - goal||_2`` when that distance is at most ``goal_radius`` (0.2), else 0: PEARL's
+    ``sparsify_rewards`` followed by its "+1 inside the radius". ``info["success"]`` is True inside the radius.
+
+    ## Episode End
+    Never terminates; truncated after ``horizon`` steps (20, PEARL's ``max_path_length`` for this env; varibad
+    uses longer horizons, so it is an argument).
+
+    ## Task distribution
+    ``goal = (cos θ, sin θ)`` with ``θ ~ U[0, π]``. PEARL places a fixed set of goals evenly on the arc;
+    we draw θ continuously (varibad) and the split draws distinct goals, so held-out goals never occur in training.
+
+    ## Arguments
+    ``horizon`` (20), ``goal_radius`` (0.2), ``max_step`` (0.1).
+
+    ## Version History
+    * v0: initial version.
+
+    References:
+        Rakelly et al. "Efficient Off-Policy Meta-Reinforcement Learning via Probabilistic Context Variables",
+        ICML 2019 (PEARL). Zintgraf et al. "VariBAD: A Very Good Method for Bayes-Adaptive Deep RL via
+        Meta-Learning", ICLR 2020.
+    """
+
+    name = "SparsePointRobot"
+    version = 0
+    task_type = GoalTask
+    has_native_vector_env = True
+
+    def __init__(self, horizon: int = 20, goal_radius: float = 0.2, max_step: float = 0.1) -> None:
+        self.horizon = check_count("horizon", horizon)
+        self.goal_radius = check_real("goal_radius", goal_radius, 0.0)
+        self.max_step = check_real("max_step", max_step, 0.0)
+        if self.goal_radius == 0.0 or self.max_step == 0.0:
+            raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius}, {max_step}")
+        self._config = {"horizon": self.horizon, "goal_radius": self.goal_radius, "max_step": self.max_step}
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[GoalTask]:
+        check_count("num_tasks", num_tasks)
+        angles = rng.uniform(0.0, math.pi, size=num_tasks)
+        return [GoalTask(goal=(float(math.cos(a)), float(math.sin(a)))) for a in angles]
+
+    def _check_task_values(self, task: GoalTask) -> None:
+        x, y = _check_goal(task)
+        if abs(math.hypot(x, y) - 1.0) > 1e-6 or y < -1e-9:
+            raise ValueError(f"task.goal={task.goal} is not on the upper half of the unit circle")
+
+    def make_env(self, task: GoalTask | None = None) -> SparsePointRobotEnv:
+        return SparsePointRobotEnv(self, task)
+
+    def make_vec_env(
+        self,
+        num_envs: int,
+        tasks: Sequence[GoalTask] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
+    ) -> SparsePointRobotVectorEnv:
+        return SparsePointRobotVectorEnv(self, num_envs, tasks, device, autoreset_mode)
+
+
+class SparsePointRobotEnv(MetaEnv[GoalTask]):
+    """Single env of :class:`SparsePointRobot`; see the family for the full description."""
+
+    family: SparsePointRobot
+
+    def _reset_state(self) -> None:
+        self._position = np.zeros(2, dtype=np.float32)
+        self._goal = self.task_params["goal"].astype(np.float32)
+
+    def _observe(self) -> np.ndarray:
+        return self._position.copy()
+
+    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+        self._position = self._position + np.float32(self.family.max_step) * np.clip(action, -1.0, 1.0)
+        offset = self._position - self._goal
+        distance = _float64_sqrt_numpy(offset[0] * offset[0] + offset[1] * offset[1])
+        success = bool(distance <= np.float32(self.family.goal_radius))
+        reward = np.float32(1.0) - distance if success else np.float32(0.0)
+        return float(reward), False, {"success": success}
+
+
+class SparsePointRobotVectorEnv(TorchVectorEnv[GoalTask]):
+    """Native batched :class:`SparsePointRobot` in torch."""
+
+    family: SparsePointRobot
+
+    def _reset_state(self, mask: torch.Tensor) -> None:
+        if not hasattr(self, "_position"):
+            self._position = torch.zeros((self.num_envs, 2), dtype=torch.float32, device=self.device)
+        self._position = torch.where(mask[:, None], 0.0, self._position)
+        self._goal = self.task_params["goal"].to(torch.float32)
+
+    def _observe(self) -> torch.Tensor:
+        return self._position.clone()
+
+    def _step_state(
+        self, actions: torch.Tensor, uniforms: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        max_step = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device)
+        self._position = self._position + max_step * actions.clamp(-1.0, 1.0)
+        offset = self._position - self._goal
+        distance = _float64_sqrt_torch(offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1])
+        success = distance <= torch.tensor(self.family.goal_radius, dtype=torch.float32, device=self.device)
+        rewards = torch.where(success, 1.0 - distance, 0.0)
+        return rewards, torch.zeros_like(success), {"success": success}

@@ -1,0 +1,20 @@
+"""metarl core: the task-family protocol and registry, batched envs, multi-task rollouts."""
+
+from metarl.env import MetaEnv
+from metarl.registry import FamilySpec, family_spec, list_families, make_family, register_family
+from metarl.tasks import TaskFamily, TaskSplit
+from metarl.vector import TorchVectorEnv, set_vector_tasks
+
+__all__ = [
+    "FamilySpec",
+    "MetaEnv",
+    "TaskFamily",
+    "TaskSplit",
+    "TorchVectorEnv",
+    "family_spec",
+    "list_families",
+    "make_family",
+    "register_family",
+    "set_vector_tasks",
+]
+__version__ = "0.1.0"
