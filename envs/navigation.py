@@ -106,8 +106,7 @@ class Navigation2D(TaskFamily[GoalTask]):
         for i, value in enumerate(_check_goal(task)):
             if not self.goal_low <= value <= self.goal_high:
                 raise ValueError(
-                    f"task.goal[{i}]={value} is outside this family's goal region "
-                    f"[{self.goal_low}, {self.goal_high}]^2"
+                    f"task.goal[{i}]={value} is outside this family's goal region [{self.goal_low}, {self.goal_high}]^2"
                 )
 
     def make_env(self, task: GoalTask | None = None) -> Navigation2DEnv:
