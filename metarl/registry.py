@@ -85,10 +85,11 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
         raise ValueError(f"{family_class.__name__}.version must be an int >= 0, got {version!r}")
     env_id = f"{NAMESPACE}/{name}-v{version}"
     existing = _FAMILIES.get(env_id)
-    if existing is not None and existing.family_class is not family_class:
+    # the same class, or the same class from a reloaded module, may register again; another class may not
+    if existing is not None and _qualified_name(existing.family_class) != _qualified_name(family_class):
         raise ValueError(
-            f"{env_id} is already registered to {existing.family_class.__module__}."
-            f"{existing.family_class.__qualname__}; bump {family_class.__name__}.version or choose another name"
+            f"{env_id} is already registered to {_qualified_name(existing.family_class)}; "
+            f"bump {family_class.__name__}.version or choose another name"
         )
     kwargs = dict(kwargs or {})
     family_class(**kwargs)  # fail here, at registration, on bad default arguments
@@ -103,6 +104,10 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
     )
     _FAMILIES[env_id] = FamilySpec(id=env_id, family_class=family_class, kwargs=kwargs)
     return env_id
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def list_families() -> list[str]:
