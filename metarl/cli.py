@@ -82,7 +82,10 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
     if module.endswith(".py"):
         if not path.is_file():
             parser.error(f"--import {module}: no such file")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+        loaded_before = sys.modules.get(path.stem)
+        if loaded_before is not None and getattr(loaded_before, "__file__", None) == str(path.resolve()):
+            return  # like `import`, importing the same file twice runs it once
+        spec = importlib.util.spec_from_file_location(path.stem, path.resolve())
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = loaded
         spec.loader.exec_module(loaded)

@@ -92,6 +92,8 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
             f"bump {family_class.__name__}.version or choose another name"
         )
     kwargs = dict(kwargs or {})
+    if existing is not None and existing.family_class is family_class and existing.kwargs == kwargs:
+        return env_id  # registering the very same thing twice is a no-op
     family_class(**kwargs)  # fail here, at registration, on bad default arguments
 
     gym.register(
