@@ -165,19 +165,24 @@ class TabularMDPVectorEnv(TorchVectorEnv[TabularMDPTask]):
 
     def _reset_state(self, mask: torch.Tensor) -> None:
         if not hasattr(self, "_state"):
+            num_states, num_actions = self.family.num_states, self.family.num_actions
             self._state = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-            self._env_index = torch.arange(self.num_envs, device=self.device)
+            # flat (sub-env, state, action) row offsets: one-tensor gathers are far cheaper than [i, s, a] indexing
+            self._env_offset = torch.arange(self.num_envs, device=self.device) * (num_states * num_actions)
+            self._one_hot = torch.eye(num_states, dtype=torch.float32, device=self.device)
         self._state = torch.where(mask, 0, self._state)
 
     def _observe(self) -> torch.Tensor:
-        return torch.nn.functional.one_hot(self._state, self.family.num_states).to(torch.float32)
+        return self._one_hot.index_select(0, self._state)
 
     def _step_state(
         self, actions: torch.Tensor, uniforms: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        num_states = self.family.num_states
+        row = self._env_offset + self._state * self.family.num_actions + actions
         noise = standard_normal_torch(uniforms[:, 0], uniforms[:, 1])
-        means = self.task_params["reward_means"][self._env_index, self._state, actions]
+        means = self.task_params["reward_means"].take(row)
         rewards = (means + self.family.reward_std * noise).to(torch.float32)
-        cdf = self.task_params["transition_cdf"][self._env_index, self._state, actions, :-1]
+        cdf = self.task_params["transition_cdf"].view(-1, num_states).index_select(0, row)[:, :-1]
         self._state = (cdf <= uniforms[:, 2:3]).sum(dim=1)
         return rewards, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device), {}

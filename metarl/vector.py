@@ -26,6 +26,8 @@ from gymnasium.vector.utils import batch_space
 from metarl.seeding import draw_key, uniform_torch
 from metarl.tasks import TaskFamily, TaskT, check_count
 
+_DRAW_BLOCK_STEPS = 8
+"""Steps of random draws computed ahead per sub-env (see ``TorchVectorEnv._draw_uniforms``)."""
 SUPPORTED_AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED)
 
 
@@ -79,10 +81,11 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self._stream_keys = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._stream_counters = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._draw_offsets = torch.arange(self.draws_per_step, dtype=torch.int64, device=self.device)
+        self._draw_block = torch.empty((self.num_envs, 0), dtype=torch.float64, device=self.device)
+        self._draw_block_start = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._seeded = np.zeros(self.num_envs, dtype=bool)
         self._elapsed_steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._needs_reset = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self._all_envs = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         if tasks is not None:
             self.set_tasks(tasks)
 
@@ -133,7 +136,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             raise ValueError(f"unknown reset options {sorted(options)}; allowed: 'tasks', 'reset_mask'")
         seeds = self._seeds(seed)
         self._seed_streams(mask, seeds)
-        self._reset_subenvs(mask)
+        self._reset_subenvs(torch.as_tensor(mask, device=self.device))
         return self._observe(), {}
 
     def step_tensor(
@@ -145,32 +148,32 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             ``(observations, rewards float32, terminated bool, truncated bool, info)``, each with leading dim N.
         """
         actions = self._check_actions(actions)
-        resetting = None
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            if bool(self._needs_reset.any()):
-                resetting = self._needs_reset.clone()
-        elif bool(self._needs_reset.any()):
-            raise RuntimeError(
-                f"step() on sub-envs {torch.nonzero(self._needs_reset).flatten().tolist()} that need a reset; with "
-                f"autoreset_mode={self.autoreset_mode.value} call reset(options={{'reset_mask': ...}}) first"
-            )
-        uniforms = self._draw_uniforms(None if resetting is None else ~resetting)
+        resetting = stepping = None
+        if bool(self._needs_reset.any()):
+            if self.autoreset_mode != AutoresetMode.NEXT_STEP:
+                raise RuntimeError(
+                    f"step() on sub-envs {torch.nonzero(self._needs_reset).flatten().tolist()} that need a reset; "
+                    f"with autoreset_mode={self.autoreset_mode.value} call reset(options={{'reset_mask': ...}}) first"
+                )
+            resetting = self._needs_reset
+            stepping = ~resetting
+        uniforms = self._draw_uniforms(stepping)
         rewards, terminated, info = self._step_state(actions, uniforms)
         self._elapsed_steps += 1
         truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
 
         if resetting is not None:
             # next-step autoreset: these sub-envs ended last step, so this step is their reset
-            self._reset_subenvs(resetting.cpu().numpy())
-            rewards = torch.where(resetting, torch.zeros_like(rewards), rewards)
-            terminated = terminated & ~resetting
-            truncated = truncated & ~resetting
+            self._reset_subenvs(resetting)
+            rewards = rewards * stepping
+            terminated = terminated & stepping
+            truncated = truncated & stepping
         observations = self._observe()
         done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
             info["final_obs"] = observations.clone()
             info["final_obs_mask"] = done.clone()
-            self._reset_subenvs(done.cpu().numpy())
+            self._reset_subenvs(done)
             observations = self._observe()
             done = torch.zeros_like(done)
         self._needs_reset = done
@@ -237,21 +240,33 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         index = torch.as_tensor(indices, device=self.device)
         self._stream_keys[index] = torch.as_tensor(keys, dtype=torch.int64, device=self.device)
         self._stream_counters[index] = 0
+        self._draw_block = self._draw_block[:, :0]  # the precomputed draws belong to the old keys
         self._seeded[indices] = True
 
-    def _reset_subenvs(self, mask: np.ndarray) -> None:
+    def _reset_subenvs(self, mask: torch.Tensor) -> None:
         if self._num_pending:
-            self._activate_pending_tasks(mask)
-        mask_tensor = self._all_envs if mask.all() else torch.as_tensor(mask, device=self.device)
-        self._elapsed_steps = torch.where(mask_tensor, 0, self._elapsed_steps)
-        self._needs_reset = self._needs_reset & ~mask_tensor
-        self._reset_state(mask_tensor)
+            self._activate_pending_tasks(mask.cpu().numpy())
+        self._elapsed_steps = torch.where(mask, 0, self._elapsed_steps)
+        self._needs_reset = self._needs_reset & ~mask
+        self._reset_state(mask)
 
     def _draw_uniforms(self, stepping: torch.Tensor | None) -> torch.Tensor:
+        """The next ``draws_per_step`` numbers of every sub-env's stream, ``[num_envs, draws_per_step]``.
+
+        Draws are a pure function of (key, counter), so they are computed ahead for ``_DRAW_BLOCK_STEPS`` steps
+        in one vectorised call and read from that block: the same numbers, a fraction of the per-step operations.
+        """
         if self.draws_per_step == 0:
-            return torch.empty((self.num_envs, 0), dtype=torch.float64, device=self.device)
-        counters = self._stream_counters[:, None] + self._draw_offsets
-        uniforms = uniform_torch(self._stream_keys[:, None], counters)
+            return self._draw_block
+        offsets = self._stream_counters - self._draw_block_start
+        if self._draw_block.shape[1] == 0 or int(offsets.max()) + self.draws_per_step > self._draw_block.shape[1]:
+            self._draw_block_start = self._stream_counters.clone()
+            block_counters = self._draw_block_start[:, None] + torch.arange(
+                _DRAW_BLOCK_STEPS * self.draws_per_step, device=self.device
+            )
+            self._draw_block = uniform_torch(self._stream_keys[:, None], block_counters)
+            offsets = torch.zeros_like(offsets)
+        uniforms = self._draw_block.gather(1, offsets[:, None] + self._draw_offsets)
         # sub-envs being autoreset this step do not step, so they consume no draws (as in the single env)
         self._stream_counters += self.draws_per_step if stepping is None else self.draws_per_step * stepping
         return uniforms
@@ -267,7 +282,8 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             if tuple(actions.shape) != expected_shape:
                 raise ValueError(f"actions must have shape {expected_shape}, got {tuple(actions.shape)}")
             low, high = int(space.start), int(space.start + space.n)
-            if bool(((actions < low) | (actions >= high)).any()):
+            smallest, largest = (int(value) for value in torch.aminmax(actions))
+            if smallest < low or largest >= high:
                 raise ValueError(f"actions must be in [{low}, {high}), got values {actions.unique().tolist()}")
             return actions.to(self.device, torch.int64)
         if actions.dtype.is_complex or actions.dtype == torch.bool:
