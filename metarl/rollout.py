@@ -218,4 +218,12 @@ def _numeric_infos(info: dict[str, Any], num_envs: int) -> dict[str, Any]:
             kept["final_obs"], kept["final_obs_mask"] = dense, ended
         elif isinstance(value, np.ndarray) and value.shape == (num_envs,) and value.dtype.kind in "biuf":
             kept[key] = value
+    # same-step autoreset moves the step info of the sub-envs that ended into final_info
+    final_info = info.get("final_info", {})
+    for key, value in final_info.items():
+        if key.startswith("_") or not isinstance(value, np.ndarray) or value.shape != (num_envs,):
+            continue
+        if value.dtype.kind in "biuf":
+            ended = np.asarray(final_info[f"_{key}"], dtype=bool)
+            kept[key] = np.where(ended, value, kept[key]) if key in kept else np.where(ended, value, 0)
     return kept

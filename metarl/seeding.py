@@ -30,8 +30,9 @@ KEY_HIGH = 2**63
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators from one integer."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -57,12 +58,14 @@ def uniform_numpy(key: int | np.ndarray, counter: int | np.ndarray) -> np.ndarra
     Returns:
         float64 array of the broadcast shape.
     """
-    z = np.asarray(key, dtype=np.uint64) + (np.asarray(counter, dtype=np.uint64) + np.uint64(1)) * np.uint64(
-        _GOLDEN_GAMMA
-    )
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX_1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX_2)
-    z = z ^ (z >> np.uint64(31))
+    # uint64 arithmetic wraps modulo 2**64 by design; NumPy warns about that on scalars
+    with np.errstate(over="ignore"):
+        z = np.asarray(key, dtype=np.uint64) + (np.asarray(counter, dtype=np.uint64) + np.uint64(1)) * np.uint64(
+            _GOLDEN_GAMMA
+        )
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX_1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX_2)
+        z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) * _TWO_POW_MINUS_53
 
 

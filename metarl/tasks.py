@@ -213,8 +213,9 @@ def split_sizes(num_tasks: int, fractions: Sequence[float]) -> tuple[int, int, i
         raise ValueError(f"fractions must sum to 1, got {tuple(fractions)} (sum {train + validation + test})")
     if train == 0.0 or test == 0.0:
         raise ValueError(f"train and test fractions must be > 0, got {tuple(fractions)}")
-    num_validation = math.floor(validation * num_tasks)
-    num_test = math.floor(test * num_tasks)
+    # the epsilon keeps float error from flooring 0.29 * 100 = 28.999999999999996 to 28
+    num_validation = math.floor(validation * num_tasks + 1e-9)
+    num_test = math.floor(test * num_tasks + 1e-9)
     num_train = num_tasks - num_validation - num_test
     if num_train < 1 or num_test < 1:
         raise ValueError(

@@ -147,6 +147,8 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         Returns:
             ``(observations, rewards float32, terminated bool, truncated bool, info)``, each with leading dim N.
         """
+        if not self._seeded.all():
+            raise RuntimeError(f"step() before reset() on sub-envs {np.flatnonzero(~self._seeded).tolist()}")
         actions = self._check_actions(actions)
         resetting = stepping = None
         if bool(self._needs_reset.any()):
@@ -165,7 +167,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         if resetting is not None:
             # next-step autoreset: these sub-envs ended last step, so this step is their reset
             self._reset_subenvs(resetting)
-            rewards = rewards * stepping
+            rewards = torch.where(stepping, rewards, 0.0)
             terminated = terminated & stepping
             truncated = truncated & stepping
         observations = self._observe()
