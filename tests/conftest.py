@@ -1,0 +1,57 @@
+"""Shared set-up of the test suite: one torch thread, the suite's families registered, and a registry-wide parametrize.
+
+Any test that takes a ``family_id`` argument runs once per suite family; the ``family`` fixture builds that family
+with its registered defaults.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the suite runs on 2 cores; intra-op threads only add overhead at these sizes
+
+import envs  # noqa: E402 - registers the suite's families
+import metarl  # noqa: E402
+from metarl.tasks import TaskFamily  # noqa: E402
+
+SUITE_FAMILY_IDS = (
+    "MetaRL/Bandit-v0",
+    "MetaRL/Navigation2D-v0",
+    "MetaRL/SparsePointRobot-v0",
+    "MetaRL/TabularMDP-v0",
+)
+"""The ids ``import envs`` must register (checked in test_env_contract)."""
+
+FAMILY_IDS = [
+    env_id
+    for env_id in metarl.registry.list_families()
+    if env_id.startswith("MetaRL/")
+    and metarl.registry.family_spec(env_id).family_class.__module__.split(".")[0] == envs.__name__
+]
+"""Every family the suite registers (families registered by tests themselves are left out)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "family_id" in metafunc.fixturenames:
+        metafunc.parametrize("family_id", FAMILY_IDS)
+
+
+@pytest.fixture
+def family(family_id: str) -> TaskFamily:
+    """The family ``family_id`` built with its registered defaults."""
+    return metarl.make_family(family_id)
+
+
+def random_actions(space: gym.Space, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Actions of ``space`` drawn from ``rng``, with leading dims ``shape``.
+
+    Box actions are drawn from 1.5 times the box, so that the envs' clipping is exercised too.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(int(space.start), int(space.start + space.n), size=shape, dtype=np.int64)
+    assert isinstance(space, gym.spaces.Box)
+    low, high = 1.5 * space.low, 1.5 * space.high
+    return rng.uniform(low, high, size=(*shape, *space.shape)).astype(space.dtype)
