@@ -120,8 +120,8 @@ class BanditVectorEnv(TorchVectorEnv[BanditTask]):
         return torch.zeros((self.num_envs, 1), dtype=torch.float32, device=self.device)
 
     def _step_state(
-        self, actions: torch.Tensor, uniforms: torch.Tensor
+        self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         means = self.task_params["arm_means"].gather(1, actions[:, None])[:, 0]
-        rewards = (uniforms[:, 0] < means).to(torch.float32)
+        rewards = (randomness[:, 0] < means).to(torch.float32)
         return rewards, torch.ones(self.num_envs, dtype=torch.bool, device=self.device), {}

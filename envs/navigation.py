@@ -160,7 +160,7 @@ class Navigation2DVectorEnv(TorchVectorEnv[GoalTask]):
         return self._position.clone()
 
     def _step_state(
-        self, actions: torch.Tensor, uniforms: torch.Tensor
+        self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         bound = self.family.max_action
         self._position = self._position + actions.clamp(-bound, bound)
@@ -286,7 +286,7 @@ class SparsePointRobotVectorEnv(TorchVectorEnv[GoalTask]):
         return self._position.clone()
 
     def _step_state(
-        self, actions: torch.Tensor, uniforms: torch.Tensor
+        self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         max_step = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device)
         self._position = self._position + max_step * actions.clamp(-1.0, 1.0)

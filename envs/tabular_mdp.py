@@ -106,8 +106,12 @@ class TabularMDP(TaskFamily[TabularMDPTask]):
 
     def task_arrays(self, tasks: Sequence[TabularMDPTask]) -> dict[str, np.ndarray]:
         arrays = super().task_arrays(tasks)
-        # sampling s' by comparing one uniform with the CDF; computed once here so both envs compare the same numbers
-        arrays["transition_cdf"] = np.cumsum(arrays["transitions"], axis=-1)
+        # What one step in (s, a) needs, in one row: s' is drawn by inverting the CDF with a uniform u,
+        # s' = #{inner CDF boundaries <= u}, and the reward is the mean plus noise. step_table[..., s, a, :] holds
+        # the S-1 inner boundaries (the CDF without its final 1) and then the mean reward; built once, here, so both
+        # envs compare the very same numbers, and one row gather serves a whole step of the batched env.
+        boundaries = np.cumsum(arrays["transitions"], axis=-1)[..., :-1]
+        arrays["step_table"] = np.concatenate([boundaries, arrays["reward_means"][..., None]], axis=-1)
         return arrays
 
     def make_env(self, task: TabularMDPTask | None = None) -> TabularMDPEnv:
@@ -150,10 +154,10 @@ class TabularMDPEnv(MetaEnv[TabularMDPTask]):
         return observation
 
     def _step_state(self, action: int, uniforms: np.ndarray) -> tuple[float, bool, dict]:
-        noise = standard_normal_numpy(uniforms[0], uniforms[1])
-        reward = np.float32(self.task_params["reward_means"][self._state, action] + self.family.reward_std * noise)
-        cdf = self.task_params["transition_cdf"][self._state, action, :-1]
-        self._state = int(np.count_nonzero(cdf <= uniforms[2]))
+        row = self.task_params["step_table"][self._state, action]
+        noise = self.family.reward_std * standard_normal_numpy(uniforms[0], uniforms[1])
+        reward = np.float32(row[-1] + noise)
+        self._state = int(np.count_nonzero(row[:-1] <= uniforms[2]))
         return float(reward), False, {}
 
 
@@ -167,7 +171,7 @@ class TabularMDPVectorEnv(TorchVectorEnv[TabularMDPTask]):
         if not hasattr(self, "_state"):
             num_states, num_actions = self.family.num_states, self.family.num_actions
             self._state = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-            # flat (sub-env, state, action) row offsets: one-tensor gathers are far cheaper than [i, s, a] indexing
+            # flat (sub-env, state, action) row offsets: a one-index gather is far cheaper than [i, s, a] indexing
             self._env_offset = torch.arange(self.num_envs, device=self.device) * (num_states * num_actions)
             self._one_hot = torch.eye(num_states, dtype=torch.float32, device=self.device)
         self._state = torch.where(mask, 0, self._state)
@@ -175,14 +179,16 @@ class TabularMDPVectorEnv(TorchVectorEnv[TabularMDPTask]):
     def _observe(self) -> torch.Tensor:
         return self._one_hot.index_select(0, self._state)
 
+    def _transform_draws(self, uniforms: torch.Tensor) -> torch.Tensor:
+        # per step: [reward noise (Box-Muller of draws 0 and 1), uniform for the next state (draw 2)]
+        noise = self.family.reward_std * standard_normal_torch(uniforms[..., 0], uniforms[..., 1])
+        return torch.stack([noise, uniforms[..., 2]], dim=-1)
+
     def _step_state(
-        self, actions: torch.Tensor, uniforms: torch.Tensor
+        self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        num_states = self.family.num_states
-        row = self._env_offset + self._state * self.family.num_actions + actions
-        noise = standard_normal_torch(uniforms[:, 0], uniforms[:, 1])
-        means = self.task_params["reward_means"].take(row)
-        rewards = (means + self.family.reward_std * noise).to(torch.float32)
-        cdf = self.task_params["transition_cdf"].view(-1, num_states).index_select(0, row)[:, :-1]
-        self._state = (cdf <= uniforms[:, 2:3]).sum(dim=1)
+        row_index = torch.add(self._env_offset, self._state, alpha=self.family.num_actions).add_(actions)
+        rows = self.task_params["step_table"].view(-1, self.family.num_states).index_select(0, row_index)
+        rewards = (rows[:, -1] + randomness[:, 0]).to(torch.float32)
+        self._state = (rows[:, :-1] <= randomness[:, 1:]).sum(dim=1)
         return rewards, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device), {}

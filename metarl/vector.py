@@ -27,14 +27,14 @@ from metarl.seeding import draw_key, uniform_torch
 from metarl.tasks import TaskFamily, TaskT, check_count
 
 _DRAW_BLOCK_STEPS = 8
-"""Steps of random draws computed ahead per sub-env (see ``TorchVectorEnv._draw_uniforms``)."""
+"""Steps of random draws computed ahead per sub-env (see ``TorchVectorEnv._draw_randomness``)."""
 SUPPORTED_AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED)
 
 
 class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
     """Base of the native batched envs: N sub-envs of one family, each with its own task, stepped in torch.
 
-    Subclasses implement ``_reset_state(mask)``, ``_observe()`` and ``_step_state(actions, uniforms)`` on
+    Subclasses implement ``_reset_state(mask)``, ``_observe()`` and ``_step_state(actions, randomness)`` on
     tensors with a leading sub-env dimension; this class handles tasks, seeding, horizons, autoreset and checks.
     Per-task parameters are in ``self.task_params`` (a dict of ``[num_envs, ...]`` tensors built by the family's
     ``task_arrays``), always those of the task each sub-env is playing.
@@ -79,11 +79,14 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self._num_pending = 0
         self.task_params: dict[str, torch.Tensor] = {}
         self._stream_keys = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-        self._stream_counters = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
-        self._draw_offsets = torch.arange(self.draws_per_step, dtype=torch.int64, device=self.device)
-        self._draw_block = torch.empty((self.num_envs, 0), dtype=torch.float64, device=self.device)
+        # a sub-env's stream position is draw_block_start + draws_per_step * its step in the block (_draw_randomness)
+        self._draw_block: torch.Tensor | None = None
         self._draw_block_start = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self._draw_block_index: torch.Tensor | None = None  # [N, 1, width]: every entry the sub-env's step in the block
+        self._steps_since_refill = 0
+        self._no_draws = torch.empty((self.num_envs, 0), dtype=torch.float64, device=self.device)
         self._seeded = np.zeros(self.num_envs, dtype=bool)
+        self._all_seeded = False
         self._elapsed_steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._needs_reset = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         if tasks is not None:
@@ -147,7 +150,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         Returns:
             ``(observations, rewards float32, terminated bool, truncated bool, info)``, each with leading dim N.
         """
-        if not self._seeded.all():
+        if not self._all_seeded:
             raise RuntimeError(f"step() before reset() on sub-envs {np.flatnonzero(~self._seeded).tolist()}")
         actions = self._check_actions(actions)
         resetting = stepping = None
@@ -159,17 +162,19 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
                 )
             resetting = self._needs_reset
             stepping = ~resetting
-        uniforms = self._draw_uniforms(stepping)
-        rewards, terminated, info = self._step_state(actions, uniforms)
+        randomness = self._draw_randomness(stepping)
+        rewards, terminated, info = self._step_state(actions, randomness)
         self._elapsed_steps += 1
-        truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
-
         if resetting is not None:
-            # next-step autoreset: these sub-envs ended last step, so this step is their reset
-            self._reset_subenvs(resetting)
-            rewards = torch.where(stepping, rewards, 0.0)
+            # next-step autoreset: these sub-envs ended last step, so this step is their reset (what _step_state
+            # computed for them is discarded; their reward is 0 and they neither terminate nor truncate)
+            if self._num_pending:
+                self._activate_pending_tasks(resetting.cpu().numpy())
+            self._reset_state(resetting)
+            self._elapsed_steps.masked_fill_(resetting, 0)
+            rewards.masked_fill_(resetting, 0.0)
             terminated = terminated & stepping
-            truncated = truncated & stepping
+        truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
         observations = self._observe()
         done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
@@ -241,9 +246,12 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
                 self._num_pending += 1
         index = torch.as_tensor(indices, device=self.device)
         self._stream_keys[index] = torch.as_tensor(keys, dtype=torch.int64, device=self.device)
-        self._stream_counters[index] = 0
-        self._draw_block = self._draw_block[:, :0]  # the precomputed draws belong to the old keys
+        if self._draw_block_index is not None:
+            self._draw_block_start += self.draws_per_step * self._draw_block_index[:, 0, 0]
+        self._draw_block_start[index] = 0
+        self._draw_block = self._draw_block_index = None  # the precomputed draws belong to the old keys
         self._seeded[indices] = True
+        self._all_seeded = bool(self._seeded.all())
 
     def _reset_subenvs(self, mask: torch.Tensor) -> None:
         if self._num_pending:
@@ -252,26 +260,31 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self._needs_reset = self._needs_reset & ~mask
         self._reset_state(mask)
 
-    def _draw_uniforms(self, stepping: torch.Tensor | None) -> torch.Tensor:
-        """The next ``draws_per_step`` numbers of every sub-env's stream, ``[num_envs, draws_per_step]``.
+    def _draw_randomness(self, stepping: torch.Tensor | None) -> torch.Tensor:
+        """This step's random inputs of every sub-env: ``_transform_draws`` of its next ``draws_per_step`` draws.
 
-        Draws are a pure function of (key, counter), so they are computed ahead for ``_DRAW_BLOCK_STEPS`` steps
-        in one vectorised call and read from that block: the same numbers, a fraction of the per-step operations.
+        Draws are a pure function of (key, counter), so they are computed (and transformed) ahead for
+        ``_DRAW_BLOCK_STEPS`` steps in one vectorised call and read from that block: the same numbers, a fraction
+        of the per-step operations. A sub-env being autoreset does not step, so it does not advance in its stream,
+        as in the single env.
         """
         if self.draws_per_step == 0:
-            return self._draw_block
-        offsets = self._stream_counters - self._draw_block_start
-        if self._draw_block.shape[1] == 0 or int(offsets.max()) + self.draws_per_step > self._draw_block.shape[1]:
-            self._draw_block_start = self._stream_counters.clone()
+            return self._no_draws
+        if self._draw_block is None or self._steps_since_refill == _DRAW_BLOCK_STEPS:
+            if self._draw_block_index is not None:
+                self._draw_block_start += self.draws_per_step * self._draw_block_index[:, 0, 0]
             block_counters = self._draw_block_start[:, None] + torch.arange(
                 _DRAW_BLOCK_STEPS * self.draws_per_step, device=self.device
             )
-            self._draw_block = uniform_torch(self._stream_keys[:, None], block_counters)
-            offsets = torch.zeros_like(offsets)
-        uniforms = self._draw_block.gather(1, offsets[:, None] + self._draw_offsets)
-        # sub-envs being autoreset this step do not step, so they consume no draws (as in the single env)
-        self._stream_counters += self.draws_per_step if stepping is None else self.draws_per_step * stepping
-        return uniforms
+            uniforms = uniform_torch(self._stream_keys[:, None], block_counters)
+            self._draw_block = self._transform_draws(uniforms.view(self.num_envs, _DRAW_BLOCK_STEPS, -1))
+            width = self._draw_block.shape[2]
+            self._draw_block_index = torch.zeros((self.num_envs, 1, width), dtype=torch.int64, device=self.device)
+            self._steps_since_refill = 0
+        randomness = self._draw_block.gather(1, self._draw_block_index)[:, 0]
+        self._draw_block_index += 1 if stepping is None else stepping[:, None, None]
+        self._steps_since_refill += 1
+        return randomness
 
     def _check_actions(self, actions: torch.Tensor) -> torch.Tensor:
         space = self.single_action_space
@@ -306,10 +319,18 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         """Observations of all sub-envs, ``[num_envs, *observation_shape]``."""
         raise NotImplementedError
 
+    def _transform_draws(self, uniforms: torch.Tensor) -> torch.Tensor:
+        """Map uniform draws ``[num_envs, steps, draws_per_step]`` to the random inputs ``_step_state`` takes.
+
+        The identity by default. A family overrides it to move per-draw maths (a Box-Muller transform, say) out of
+        the per-step path; its single env applies the same maths to its uniforms in ``_step_state``.
+        """
+        return uniforms
+
     def _step_state(
-        self, actions: torch.Tensor, uniforms: torch.Tensor
+        self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Advance every sub-env; ``uniforms`` is ``[num_envs, draws_per_step]`` float64 in [0, 1).
+        """Advance every sub-env; ``randomness`` is this step's ``_transform_draws`` output, ``[num_envs, ...]``.
 
         Returns:
             ``(rewards float32 [N], terminated bool [N], info)``.
