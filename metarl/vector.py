@@ -191,7 +191,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         observations, info = self.reset_tensor(seed=seed, options=options)
-        return observations.cpu().numpy(), _info_to_numpy(info)
+        return _to_numpy(observations), _info_to_numpy(info)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         try:
@@ -200,11 +200,11 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             raise TypeError(f"actions must be a numeric array shaped {self.action_space.shape}: {error}") from error
         observations, rewards, terminated, truncated, info = self.step_tensor(action_tensor)
         return (
-            observations.cpu().numpy(),
-            rewards.cpu().numpy(),
-            terminated.cpu().numpy(),
-            truncated.cpu().numpy(),
-            _info_to_numpy(info),
+            _to_numpy(observations),
+            _to_numpy(rewards),
+            _to_numpy(terminated),
+            _to_numpy(truncated),
+            (_info_to_numpy(info)),
         )
 
     # -- internals ---------------------------------------------------------------------------------------------
@@ -338,6 +338,11 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         raise NotImplementedError
 
 
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    # step() results are fresh tensors, so on the CPU the array can share their memory
+    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+
+
 def _info_to_numpy(info: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Gymnasium's vector info convention: one array per key, plus a ``_key`` mask of the sub-envs it covers."""
     out: dict[str, Any] = {}
@@ -345,8 +350,8 @@ def _info_to_numpy(info: dict[str, torch.Tensor]) -> dict[str, Any]:
     for key, value in info.items():
         if key == "final_obs_mask":
             continue
-        out[key] = value.cpu().numpy()
-        out[f"_{key}"] = mask.cpu().numpy() if key == "final_obs" else np.ones(len(value), dtype=bool)
+        out[key] = _to_numpy(value)
+        out[f"_{key}"] = _to_numpy(mask) if key == "final_obs" else np.ones(len(value), dtype=bool)
     return out
 
 

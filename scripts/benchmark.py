@@ -1,0 +1,442 @@
+"""Env steps per second of the light families: native batched envs against Gymnasium's ``SyncVectorEnv``.
+
+For every family and number of sub-envs this times three implementations side by side, all in ``NEXT_STEP``
+autoreset mode, each sub-env playing its own task from ``family.sample_tasks``:
+
+* ``native_numpy``: the family's native batched env through the Gymnasium NumPy API, ``envs.step(np_actions)``;
+* ``native_tensor``: the same env class through the tensor API, ``envs.step_tensor(tensor_actions)``;
+* ``sync``: ``gymnasium.vector.SyncVectorEnv([family.make_env] * num_envs)``, one Python env per sub-env.
+
+Throughput counts sub-env steps, ``num_envs * steps / seconds``; episodes cross autoresets (a Bandit episode is one
+step, so every other step of it is a reset step, in every implementation alike). Random valid actions are drawn
+before the timed loop. The steps per repeat are calibrated per implementation so that a repeat takes about
+``--target-seconds``; the implementations' repeats are interleaved, the median over repeats is reported with every
+repeat's value, and the ratios native / sync come from those medians.
+
+Usage (from the repository root)::
+
+    python scripts/benchmark.py                     # all light families at 1, 64 and 1024 sub-envs
+    python scripts/benchmark.py --quick --out /tmp/bench.json    # a smoke test of a few seconds
+    python scripts/benchmark.py --families MetaRL/Bandit-v0 --num-envs 4096 --device cuda
+
+The results go to ``--out`` as JSON (written atomically) and a table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+import envs as _envs  # noqa: F401 - registers the suite's families
+from metarl.registry import family_spec
+from metarl.tasks import TaskFamily
+from metarl.vector import TorchVectorEnv, set_vector_tasks
+
+LIGHT_FAMILIES = ("MetaRL/Bandit-v0", "MetaRL/TabularMDP-v0", "MetaRL/Navigation2D-v0", "MetaRL/SparsePointRobot-v0")
+"""The families with a cheap native batched env; the default set."""
+IMPLEMENTATIONS = ("native_numpy", "native_tensor", "sync")
+"""What is timed, in this order; ``native_*`` are compared with ``sync``."""
+DEFAULT_NUM_ENVS = (1, 64, 1024)
+QUICK_NUM_ENVS = (1, 64)
+DEFAULT_REPEATS = 5
+DEFAULT_OUT = Path("benchmarks/env_steps.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How many steps one timed repeat runs: enough for about ``target_seconds``, within ``[min, max]_steps``."""
+
+    target_seconds: float
+    """Wanted duration of one repeat; the steps per repeat are calibrated to it per implementation."""
+    calibration_seconds: float
+    """The calibration doubles its number of steps until a run lasts this long (it also warms up)."""
+    min_steps: int
+    """Fewest steps per repeat."""
+    max_steps: int
+    """Most steps per repeat (bounds the memory of the pre-generated actions)."""
+
+
+DEFAULT_BUDGET = Budget(target_seconds=0.4, calibration_seconds=0.05, min_steps=5, max_steps=100_000)
+QUICK_BUDGET = Budget(target_seconds=0.005, calibration_seconds=0.0, min_steps=2, max_steps=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Validated settings of one benchmark run."""
+
+    families: tuple[str, ...]
+    """Registered family ids to benchmark."""
+    num_envs: tuple[int, ...]
+    """Numbers of sub-envs to benchmark each family at."""
+    repeats: int
+    """Timed repeats per (family, num_envs, implementation)."""
+    device: torch.device
+    """Device of the native envs (``SyncVectorEnv`` always runs on the host)."""
+    threads: int
+    """``torch.set_num_threads`` during the run."""
+    seed: int
+    """Seeds the tasks, the envs' resets and the actions."""
+    budget: Budget
+    """Steps per repeat."""
+    out: Path
+    """Where the JSON results are written."""
+
+
+@dataclasses.dataclass
+class Runner:
+    """One implementation under test: a vector env, its step function and how it takes the actions."""
+
+    name: str
+    """One of ``IMPLEMENTATIONS``."""
+    envs: gym.vector.VectorEnv
+    """The vector env being stepped."""
+    step: Callable[[Any], Any]
+    """Steps every sub-env once with one batch of actions."""
+    to_inputs: Callable[[np.ndarray], list[Any]]
+    """Turns actions ``[steps, num_envs, ...]`` into the per-step arguments of ``step`` (outside the timing)."""
+    synchronize: Callable[[], None]
+    """Waits for queued device work, so that it is inside the timing."""
+
+
+# -- actions -------------------------------------------------------------------------------------------------------
+def random_actions(space: gym.Space, num_envs: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random valid actions for ``steps`` steps of ``num_envs`` sub-envs, ``[steps, num_envs, ...]``.
+
+    Args:
+        space: the single (per sub-env) action space, ``Discrete`` or a bounded ``Box``.
+        num_envs: number of sub-envs.
+        steps: number of steps.
+        rng: the generator the actions are drawn from.
+
+    Returns:
+        int64 actions for ``Discrete``, actions of the space's dtype for ``Box``.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        start = int(space.start)
+        return rng.integers(start, start + int(space.n), size=(steps, num_envs), dtype=np.int64)
+    if isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
+        low = np.broadcast_to(space.low, space.shape)
+        high = np.broadcast_to(space.high, space.shape)
+        return rng.uniform(low, high, size=(steps, num_envs, *space.shape)).astype(space.dtype)
+    raise TypeError(f"random_actions supports Discrete and bounded Box action spaces, got {space!r}")
+
+
+# -- the implementations under test ----------------------------------------------------------------------------
+def make_runners(family: TaskFamily, num_envs: int, device: torch.device, seed: int) -> list[Runner]:
+    """Build the three implementations for ``num_envs`` sub-envs, each reset with ``seed`` on the same tasks."""
+    tasks = family.sample_tasks(np.random.default_rng(seed), num_envs)
+
+    def synchronize_device() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def numpy_inputs(actions: np.ndarray) -> list[np.ndarray]:
+        return list(actions)
+
+    def tensor_inputs(actions: np.ndarray) -> list[torch.Tensor]:
+        return list(torch.as_tensor(actions).to(device).unbind(0))
+
+    runners = []
+    for name in IMPLEMENTATIONS:
+        if name == "sync":
+            envs = gym.vector.SyncVectorEnv([family.make_env] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
+            set_vector_tasks(envs, tasks)
+        else:
+            envs = family.make_vec_env(num_envs, tasks, device=str(device), autoreset_mode=AutoresetMode.NEXT_STEP)
+            if not isinstance(envs, TorchVectorEnv):
+                raise TypeError(f"{type(family).__name__}.make_vec_env did not return a native batched env: {envs!r}")
+        assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP, envs.metadata
+        envs.reset(seed=seed)
+        if name == "native_tensor":
+            runners.append(Runner(name, envs, envs.step_tensor, tensor_inputs, synchronize_device))
+        else:
+            synchronize = _no_op if name == "sync" else synchronize_device
+            runners.append(Runner(name, envs, envs.step, numpy_inputs, synchronize))
+    return runners
+
+
+def _no_op() -> None:
+    """Host-side envs have no queued device work to wait for."""
+
+
+def time_steps(runner: Runner, inputs: Sequence[Any]) -> float:
+    """Seconds ``runner`` takes to step once per element of ``inputs``."""
+    step = runner.step
+    runner.synchronize()
+    start = time.perf_counter()
+    for actions in inputs:
+        step(actions)
+    runner.synchronize()
+    return time.perf_counter() - start
+
+
+def calibrate(runner: Runner, num_envs: int, budget: Budget, rng: np.random.Generator) -> int:
+    """Warm ``runner`` up and return the steps per repeat that take about ``budget.target_seconds``."""
+    space = runner.envs.single_action_space
+    steps = 1
+    while True:
+        seconds = time_steps(runner, runner.to_inputs(random_actions(space, num_envs, steps, rng)))
+        if seconds >= budget.calibration_seconds or steps >= budget.max_steps:
+            break
+        steps *= 2
+    wanted = math.ceil(budget.target_seconds * steps / max(seconds, 1e-9))
+    return min(max(wanted, budget.min_steps), budget.max_steps)
+
+
+def benchmark_case(family_id: str, num_envs: int, config: Config) -> list[dict[str, Any]]:
+    """Time every implementation of ``family_id`` at ``num_envs`` sub-envs, repeats interleaved.
+
+    Returns:
+        One record per implementation: the median and every repeat's steps per second, and the steps per repeat.
+    """
+    family = family_spec(family_id).make_family()
+    rng = np.random.default_rng(config.seed)
+    runners = make_runners(family, num_envs, config.device, config.seed)
+    try:
+        steps = [calibrate(runner, num_envs, config.budget, rng) for runner in runners]
+        inputs = [
+            runner.to_inputs(random_actions(runner.envs.single_action_space, num_envs, n, rng))
+            for runner, n in zip(runners, steps, strict=True)
+        ]
+        gc.collect()  # once per case: a full collection takes ~0.1 s with torch loaded
+        # interleave the implementations so that a slow phase of the machine hits them all alike
+        rates: list[list[float]] = [[] for _ in runners]
+        for _ in range(config.repeats):
+            for i, runner in enumerate(runners):
+                rates[i].append(num_envs * steps[i] / time_steps(runner, inputs[i]))
+    finally:
+        for runner in runners:
+            runner.envs.close()
+    return [
+        {
+            "family": family_id,
+            "num_envs": num_envs,
+            "implementation": runner.name,
+            "device": "cpu" if runner.name == "sync" else str(config.device),
+            "steps_per_repeat": steps[i],
+            "median_steps_per_second": statistics.median(rates[i]),
+            "repeat_steps_per_second": rates[i],
+        }
+        for i, runner in enumerate(runners)
+    ]
+
+
+def ratios(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Native / sync ratios of the median steps per second of one (family, num_envs)."""
+    median = {record["implementation"]: record["median_steps_per_second"] for record in records}
+    return {
+        "family": records[0]["family"],
+        "num_envs": records[0]["num_envs"],
+        "native_numpy_over_sync": median["native_numpy"] / median["sync"],
+        "native_tensor_over_sync": median["native_tensor"] / median["sync"],
+    }
+
+
+# -- reporting -----------------------------------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where the numbers were measured: platform, library versions, CPUs, torch threads and device."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "gymnasium": gym.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_rate(steps_per_second: float) -> str:
+    """Steps per second in 4 significant digits with a k / M / G suffix."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if steps_per_second >= scale:
+            return f"{steps_per_second / scale:.4g}{suffix}"
+    return f"{steps_per_second:.4g}"
+
+
+TABLE_HEADER = (
+    f"{'family':<28} {'envs':>5} {'native_numpy':>12} {'native_tensor':>13} {'sync':>9} "
+    f"{'numpy/sync':>10} {'tensor/sync':>11}"
+)
+
+
+def table_row(records: Sequence[dict[str, Any]], ratio: dict[str, Any]) -> str:
+    """One line of the stdout table: median steps/s of each implementation and the two ratios."""
+    median = {record["implementation"]: format_rate(record["median_steps_per_second"]) for record in records}
+    return (
+        f"{ratio['family']:<28} {ratio['num_envs']:>5} {median['native_numpy']:>12} {median['native_tensor']:>13} "
+        f"{median['sync']:>9} {ratio['native_numpy_over_sync']:>9.1f}x {ratio['native_tensor_over_sync']:>10.1f}x"
+    )
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # the permissions open() would have given, not the temporary file's 0600
+    os.replace(tmp, path)
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        description="Env steps per second of the light families: native batched envs vs gymnasium SyncVectorEnv."
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=list(LIGHT_FAMILIES), metavar="ID", help="family ids (default: all light)"
+    )
+    parser.add_argument(
+        "--num-envs", nargs="+", type=int, default=None, metavar="N", help="numbers of sub-envs (default: 1 64 1024)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed repeats (default: {DEFAULT_REPEATS})")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="device of the native envs; auto is cuda if available (default: auto)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tasks, resets and actions (default: 0)")
+    parser.add_argument(
+        "--target-seconds",
+        type=float,
+        default=DEFAULT_BUDGET.target_seconds,
+        help=f"wanted duration of one repeat (default: {DEFAULT_BUDGET.target_seconds})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny budget for a smoke test: 1 repeat, few steps, 1 and 64 sub-envs"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Validate the parsed arguments; a bad value raises ``ValueError`` naming it and what is allowed."""
+    families = tuple(dict.fromkeys(family_spec(family_id).id for family_id in args.families))
+    for family_id in families:
+        if not family_spec(family_id).family_class.has_native_vector_env:
+            raise ValueError(f"--families: {family_id} has no native batched env to benchmark")
+    num_envs = args.num_envs or list(QUICK_NUM_ENVS if args.quick else DEFAULT_NUM_ENVS)
+    for n in num_envs:
+        if n < 1:
+            raise ValueError(f"--num-envs must be positive integers, got {n}")
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else DEFAULT_REPEATS
+    if repeats < 1:
+        raise ValueError(f"--repeats must be a positive integer, got {repeats}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+    if not (math.isfinite(args.target_seconds) and args.target_seconds > 0):
+        raise ValueError(f"--target-seconds must be a positive number, got {args.target_seconds}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False; use --device cpu or auto")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    budget = QUICK_BUDGET if args.quick else dataclasses.replace(DEFAULT_BUDGET, target_seconds=args.target_seconds)
+    return Config(
+        families=families,
+        num_envs=tuple(dict.fromkeys(num_envs)),
+        repeats=repeats,
+        device=device,
+        threads=args.threads,
+        seed=args.seed,
+        budget=budget,
+        out=args.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print a table, write the JSON to ``--out`` and return it.
+
+    Args:
+        argv: command-line arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The results as written: ``machine``, ``command``, ``timestamp``, ``settings``, ``results`` (one record per
+        family, num_envs and implementation) and ``ratios`` (one per family and num_envs).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(args)
+    except ValueError as error:
+        parser.error(str(error))
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        data: dict[str, Any] = {
+            "machine": machine_info(config.device),
+            "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "settings": {
+                "families": list(config.families),
+                "num_envs": list(config.num_envs),
+                "repeats": config.repeats,
+                "seed": config.seed,
+                "autoreset_mode": AutoresetMode.NEXT_STEP.value,
+                "budget": dataclasses.asdict(config.budget),
+            },
+            "results": [],
+            "ratios": [],
+        }
+        start = time.perf_counter()
+        print(f"device={config.device} torch_threads={config.threads} repeats={config.repeats} (median steps/s)")
+        print(TABLE_HEADER)
+        for family_id in config.families:
+            for num_envs in config.num_envs:
+                records = benchmark_case(family_id, num_envs, config)
+                data["results"].extend(records)
+                data["ratios"].append(ratios(records))
+                print(table_row(records, data["ratios"][-1]), flush=True)
+        data["wall_seconds"] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
+    write_json_atomic(config.out, data)
+    print(f"wrote {config.out} ({data['wall_seconds']:.1f} s)")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""End-to-end smoke test of ``scripts/benchmark.py`` with its ``--quick`` budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("metarl_benchmark_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_writes_rates_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    returned = load_script().main(["--quick", "--families", "MetaRL/Navigation2D-v0", "--out", str(out)])
+
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(returned))
+    assert {record["implementation"] for record in data["results"]} == {"native_numpy", "native_tensor", "sync"}
+    assert {record["num_envs"] for record in data["results"]} == {1, 64}
+    for record in data["results"]:
+        assert record["family"] == "MetaRL/Navigation2D-v0"
+        assert record["median_steps_per_second"] > 0
+        assert len(record["repeat_steps_per_second"]) == 1
+    assert len(data["ratios"]) == 2
+    for ratio in data["ratios"]:
+        assert ratio["native_numpy_over_sync"] > 0 and ratio["native_tensor_over_sync"] > 0
