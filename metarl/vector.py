@@ -89,6 +89,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self._all_seeded = False
         self._elapsed_steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
         self._needs_reset = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._info_mask: torch.Tensor | None = None  # sub-envs whose step info is real (None: all)
         if tasks is not None:
             self.set_tasks(tasks)
 
@@ -174,6 +175,8 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             self._elapsed_steps.masked_fill_(resetting, 0)
             rewards.masked_fill_(resetting, 0.0)
             terminated = terminated & stepping
+            info = {key: value.masked_fill(resetting, 0) for key, value in info.items()}
+        self._info_mask = stepping
         truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
         observations = self._observe()
         done = terminated | truncated
@@ -199,13 +202,8 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         except (TypeError, ValueError) as error:
             raise TypeError(f"actions must be a numeric array shaped {self.action_space.shape}: {error}") from error
         observations, rewards, terminated, truncated, info = self.step_tensor(action_tensor)
-        return (
-            _to_numpy(observations),
-            _to_numpy(rewards),
-            _to_numpy(terminated),
-            _to_numpy(truncated),
-            (_info_to_numpy(info)),
-        )
+        info = _info_to_numpy(info, None if self._info_mask is None else _to_numpy(self._info_mask))
+        return _to_numpy(observations), _to_numpy(rewards), _to_numpy(terminated), _to_numpy(truncated), info
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _reset_mask(self, reset_mask: Any) -> np.ndarray:
@@ -343,15 +341,20 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
-def _info_to_numpy(info: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Gymnasium's vector info convention: one array per key, plus a ``_key`` mask of the sub-envs it covers."""
+def _info_to_numpy(info: dict[str, torch.Tensor], stepped: np.ndarray | None = None) -> dict[str, Any]:
+    """Gymnasium's vector info convention: one array per key, plus a ``_key`` mask of the sub-envs it covers.
+
+    ``stepped`` marks the sub-envs that really stepped (not autoreset); their infos are the ones reported.
+    """
     out: dict[str, Any] = {}
-    mask = info.get("final_obs_mask")
     for key, value in info.items():
         if key == "final_obs_mask":
             continue
         out[key] = _to_numpy(value)
-        out[f"_{key}"] = _to_numpy(mask) if key == "final_obs" else np.ones(len(value), dtype=bool)
+        if key == "final_obs":
+            out["_final_obs"] = _to_numpy(info["final_obs_mask"])
+        else:
+            out[f"_{key}"] = np.ones(len(value), dtype=bool) if stepped is None else stepped
     return out
 
 

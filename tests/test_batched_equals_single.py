@@ -9,7 +9,7 @@ import torch
 from conftest import random_actions
 from gymnasium.vector import AutoresetMode
 
-from envs import Navigation2D
+from envs import GoalTask, Navigation2D, SparsePointRobot
 from metarl.vector import TorchVectorEnv
 
 NUM_ENVS = 16
@@ -208,3 +208,23 @@ def test_disabled_mode_with_reset_mask_equals_sync_vector_env(family):
             np.testing.assert_array_equal(native_reset[0], reference_reset[0])
             num_partial_resets += 1
     assert num_partial_resets >= 3
+
+
+def test_step_infos_cover_the_sub_envs_that_stepped():
+    """On a next-step autoreset the reset sub-envs report no step info, as in Gymnasium's SyncVectorEnv."""
+    family = SparsePointRobot(horizon=10)  # the goal radius is reached after 8 steps up
+    tasks = [GoalTask(goal=(0.0, 1.0))] * NUM_ENVS
+    native, reference = make_pair(family, AutoresetMode.NEXT_STEP, tasks)
+    native.reset(seed=0)
+    reference.reset(seed=0)
+    up = np.tile(np.array([[0.0, 1.0]], dtype=np.float32), (NUM_ENVS, 1))  # reaches the goal, so success becomes True
+    seen_success = False
+    for step in range(33):  # three episodes and their autoreset steps
+        native_info, reference_info = native.step(up)[4], reference.step(up)[4]
+        stepped = reference_info.get("_success", np.zeros(NUM_ENVS, dtype=bool))
+        np.testing.assert_array_equal(native_info["_success"], stepped, err_msg=f"step {step}")
+        if stepped.any():
+            np.testing.assert_array_equal(native_info["success"][stepped], reference_info["success"][stepped])
+        assert not native_info["success"][~stepped].any()
+        seen_success |= bool(native_info["success"].any())
+    assert seen_success
