@@ -294,4 +294,4 @@ class SparsePointRobotVectorEnv(TorchVectorEnv[GoalTask]):
         distance = _float64_sqrt_torch(offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1])
         success = distance <= torch.tensor(self.family.goal_radius, dtype=torch.float32, device=self.device)
         rewards = torch.where(success, 1.0 - distance, 0.0)
-        return rewards, torch.zeros_like(success), {"success": success}
+        return rewards, None, {"success": success}

@@ -191,4 +191,4 @@ class TabularMDPVectorEnv(TorchVectorEnv[TabularMDPTask]):
         rows = self.task_params["step_table"].view(-1, self.family.num_states).index_select(0, row_index)
         rewards = (rows[:, -1] + randomness[:, 0]).to(torch.float32)
         self._state = (rows[:, :-1] <= randomness[:, 1:]).sum(dim=1)
-        return rewards, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device), {}
+        return rewards, None, {}

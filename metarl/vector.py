@@ -174,12 +174,18 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             self._reset_state(resetting)
             self._elapsed_steps.masked_fill_(resetting, 0)
             rewards.masked_fill_(resetting, 0.0)
-            terminated = terminated & stepping
+            if terminated is not None:
+                terminated = terminated & stepping
             info = {key: value.masked_fill(resetting, 0) for key, value in info.items()}
         self._info_mask = stepping
-        truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
+        if terminated is None:  # a family whose episodes never terminate saves the termination bookkeeping
+            done = self._elapsed_steps >= self.family.horizon
+            truncated = done.clone()  # returned arrays may share memory with what is returned: keep done private
+            terminated = torch.zeros_like(done)
+        else:
+            truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
+            done = terminated | truncated
         observations = self._observe()
-        done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and bool(done.any()):
             info["final_obs"] = observations.clone()
             info["final_obs_mask"] = done.clone()
@@ -331,7 +337,8 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         """Advance every sub-env; ``randomness`` is this step's ``_transform_draws`` output, ``[num_envs, ...]``.
 
         Returns:
-            ``(rewards float32 [N], terminated bool [N], info)``.
+            ``(rewards float32 [N], terminated bool [N] or None for a family whose episodes never terminate,
+            info)``.
         """
         raise NotImplementedError
 
