@@ -180,7 +180,7 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         self._info_mask = stepping
         if terminated is None:  # a family whose episodes never terminate saves the termination bookkeeping
             done = self._elapsed_steps >= self.family.horizon
-            truncated = done.clone()  # returned arrays may share memory with what is returned: keep done private
+            truncated = done.clone()  # step() hands out NumPy views of returned tensors: done must not be one
             terminated = torch.zeros_like(done)
         else:
             truncated = ~terminated & (self._elapsed_steps >= self.family.horizon)
