@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -19,77 +18,6 @@ class BanditTask:
     """A bandit task: the success probability of each arm."""
 
     arm_means: tuple[float, ...]
-
-
-class Bandit(TaskFamily[BanditTask]):
-    """Bernoulli k-armed bandits, one pull per episode (RL² paper, §3.1).
-
-    ## Description
-    Each episode is a single pull of one of ``num_arms`` arms; a trial of n episodes on the same task is the
-    bandit problem of horizon n that RL² and the classical bandit algorithms solve.
-
-    ## Action Space
-    ``Discrete(num_arms)``: the arm to pull.
-
-    ## Observation Space
-    ``Box(0, 1, (1,), float32)``, always ``[0.]``: a bandit has no state; what an agent learns from is the reward
-    (RL² feeds the previous action, reward and done flag to its policy).
-
-    ## Rewards
-    1 with probability ``arm_means[action]``, else 0.
-
-    ## Episode End
-    Terminates after the one pull.
-
-    ## Task distribution
-    ``arm_means ~ U[0, 1]^num_arms``, independently per arm. The split draws distinct tasks (disjoint draws), so
-    held-out tasks never occur in training.
-
-    ## Arguments
-    ``num_arms`` (5; the paper uses 5, 10 and 50).
-
-    ## Version History
-    * v0: initial version.
-
-    References:
-        Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
-    """
-
-    name = "Bandit"
-    version = 0
-    task_type = BanditTask
-    has_native_vector_env = True
-
-    def __init__(self, num_arms: int = 5) -> None:
-        self.num_arms = check_count("num_arms", num_arms, minimum=2)
-        self.horizon = 1
-        self._config = {"num_arms": self.num_arms}
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.action_space = gym.spaces.Discrete(self.num_arms)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[BanditTask]:
-        check_count("num_tasks", num_tasks)
-        means = rng.uniform(0.0, 1.0, size=(num_tasks, self.num_arms))
-        return [BanditTask(arm_means=tuple(float(p) for p in row)) for row in means]
-
-    def _check_task_values(self, task: BanditTask) -> None:
-        if not isinstance(task.arm_means, tuple) or len(task.arm_means) != self.num_arms:
-            raise ValueError(f"task.arm_means must be a tuple of {self.num_arms} probabilities, got {task.arm_means!r}")
-        for i, p in enumerate(task.arm_means):
-            check_real(f"task.arm_means[{i}]", p, 0.0, 1.0)
-
-    def make_env(self, task: BanditTask | None = None) -> BanditEnv:
-        return BanditEnv(self, task)
-
-    def make_vec_env(
-        self,
-        num_envs: int,
-        tasks: Sequence[BanditTask] | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
-    ) -> BanditVectorEnv:
-        return BanditVectorEnv(self, num_envs, tasks, device, autoreset_mode)
 
 
 class BanditEnv(MetaEnv[BanditTask]):
@@ -125,3 +53,62 @@ class BanditVectorEnv(TorchVectorEnv[BanditTask]):
         means = self.task_params["arm_means"].gather(1, actions[:, None])[:, 0]
         rewards = (randomness[:, 0] < means).to(torch.float32)
         return rewards, torch.ones(self.num_envs, dtype=torch.bool, device=self.device), {}
+
+
+class Bandit(TaskFamily[BanditTask]):
+    """Bernoulli k-armed bandits, one pull per episode, as in the RL² paper.
+
+    ## Description
+    Each episode is a single pull of one of ``num_arms`` arms; a trial of n episodes on the same task is the
+    bandit problem of horizon n that RL² and the classical bandit algorithms solve.
+
+    ## Action Space
+    ``Discrete(num_arms)``: the arm to pull.
+
+    ## Observation Space
+    ``Box(0, 1, (1,), float32)``, always ``[0.]``: a bandit has no state; what an agent learns from is the reward
+    (RL² feeds the previous action, reward and done flag to its policy).
+
+    ## Rewards
+    1 with probability ``arm_means[action]``, else 0.
+
+    ## Episode End
+    Terminates after the one pull.
+
+    ## Task distribution
+    ``arm_means ~ U[0, 1]^num_arms``, independently per arm. The split draws distinct tasks (disjoint draws), so
+    held-out tasks never occur in training.
+
+    ## Arguments
+    ``num_arms`` (5; the paper uses 5, 10 and 50).
+
+    ## Version History
+    * v0: initial version.
+
+    References:
+        Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
+    """
+
+    name = "Bandit"
+    version = 0
+    env_class = BanditEnv
+    vector_env_class = BanditVectorEnv
+    task_type = BanditTask
+
+    def __init__(self, num_arms: int = 5) -> None:
+        self.num_arms = check_count("num_arms", num_arms, minimum=2)
+        self.horizon = 1
+        self._config = {"num_arms": self.num_arms}
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.num_arms)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[BanditTask]:
+        check_count("num_tasks", num_tasks)
+        means = rng.uniform(0.0, 1.0, size=(num_tasks, self.num_arms))
+        return [BanditTask(arm_means=tuple(float(p) for p in row)) for row in means]
+
+    def _check_task_values(self, task: BanditTask) -> None:
+        if not isinstance(task.arm_means, tuple) or len(task.arm_means) != self.num_arms:
+            raise ValueError(f"task.arm_means must be a tuple of {self.num_arms} probabilities, got {task.arm_means!r}")
+        for i, p in enumerate(task.arm_means):
+            check_real(f"task.arm_means[{i}]", p, 0.0, 1.0)

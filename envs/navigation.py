@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -30,15 +29,72 @@ def _check_goal(task: GoalTask) -> tuple[float, float]:
 
 # torch's vectorised float32 sqrt is not correctly rounded (NumPy's is); the float64 root rounded to float32 is the
 # same in both, which keeps the single and the batched envs bit-identical.
-def _float64_sqrt_numpy(x: np.float32) -> np.float32:
-    return np.float32(np.sqrt(np.float64(x)))
+class _PointRobotEnv(MetaEnv[GoalTask]):
+    """What both point robots share: the robot starts at the origin, observes its position and moves."""
+
+    def _reset_state(self) -> None:
+        self._position = np.zeros(2, dtype=np.float32)
+        self._goal = self.task_params["goal"].astype(np.float32)
+
+    def _observe(self) -> np.ndarray:
+        return self._position.copy()
+
+    def _move(self, displacement: np.ndarray) -> tuple[np.ndarray, np.float32]:
+        """Move by ``displacement``; returns the offset to the goal and its Euclidean length."""
+        self._position = self._position + displacement
+        offset = self._position - self._goal
+        squared = offset[0] * offset[0] + offset[1] * offset[1]
+        return offset, np.float32(np.sqrt(np.float64(squared)))
 
 
-def _float64_sqrt_torch(x: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(x.double()).float()
+class _PointRobotVectorEnv(TorchVectorEnv[GoalTask]):
+    """The batched twin of :class:`_PointRobotEnv`: positions and goals are ``[num_envs, 2]`` tensors."""
+
+    def _reset_state(self, mask: torch.Tensor) -> None:
+        if not hasattr(self, "_position"):
+            self._position = torch.zeros((self.num_envs, 2), dtype=torch.float32, device=self.device)
+        self._position = torch.where(mask[:, None], 0.0, self._position)
+        self._goal = self.task_params["goal"].to(torch.float32)
+
+    def _observe(self) -> torch.Tensor:
+        return self._position.clone()
+
+    def _move(self, displacement: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._position = self._position + displacement
+        offset = self._position - self._goal
+        squared = offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1]
+        return offset, torch.sqrt(squared.double()).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
+class Navigation2DEnv(_PointRobotEnv):
+    """Single env of :class:`Navigation2D`; see the family for the full description."""
+
+    family: Navigation2D
+
+    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+        bound = np.float32(self.family.max_action)
+        offset, distance = self._move(np.clip(action, -bound, bound))
+        tolerance = np.float32(self.family.goal_tolerance)
+        terminated = bool(abs(offset[0]) < tolerance and abs(offset[1]) < tolerance)
+        return float(-distance), terminated, {}
+
+
+class Navigation2DVectorEnv(_PointRobotVectorEnv):
+    """Native batched :class:`Navigation2D` in torch."""
+
+    family: Navigation2D
+
+    def _step_state(
+        self, actions: torch.Tensor, randomness: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        bound = self.family.max_action
+        offset, distance = self._move(actions.clamp(-bound, bound))
+        tolerance = torch.tensor(self.family.goal_tolerance, dtype=torch.float32, device=self.device)
+        terminated = (offset.abs() < tolerance).all(dim=1)
+        return -distance, terminated, {}
+
+
 class Navigation2D(TaskFamily[GoalTask]):
     """The 2D navigation tasks of the MAML paper.
 
@@ -75,8 +131,9 @@ class Navigation2D(TaskFamily[GoalTask]):
 
     name = "Navigation2D"
     version = 0
+    env_class = Navigation2DEnv
+    vector_env_class = Navigation2DVectorEnv
     task_type = GoalTask
-    has_native_vector_env = True
 
     def __init__(
         self, horizon: int = 100, goal_low: float = -0.5, goal_high: float = 0.5, goal_tolerance: float = 0.01
@@ -109,69 +166,35 @@ class Navigation2D(TaskFamily[GoalTask]):
                     f"task.goal[{i}]={value} is outside this family's goal region [{self.goal_low}, {self.goal_high}]^2"
                 )
 
-    def make_env(self, task: GoalTask | None = None) -> Navigation2DEnv:
-        return Navigation2DEnv(self, task)
 
-    def make_vec_env(
-        self,
-        num_envs: int,
-        tasks: Sequence[GoalTask] | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
-    ) -> Navigation2DVectorEnv:
-        return Navigation2DVectorEnv(self, num_envs, tasks, device, autoreset_mode)
+# ----------------------------------------------------------------------------------------------------------------
+class SparsePointRobotEnv(_PointRobotEnv):
+    """Single env of :class:`SparsePointRobot`; see the family for the full description."""
 
-
-class Navigation2DEnv(MetaEnv[GoalTask]):
-    """Single env of :class:`Navigation2D`; see the family for the full description."""
-
-    family: Navigation2D
-
-    def _reset_state(self) -> None:
-        self._position = np.zeros(2, dtype=np.float32)
-        self._goal = self.task_params["goal"].astype(np.float32)
-
-    def _observe(self) -> np.ndarray:
-        return self._position.copy()
+    family: SparsePointRobot
 
     def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
-        bound = np.float32(self.family.max_action)
-        self._position = self._position + np.clip(action, -bound, bound)
-        offset = self._position - self._goal
-        reward = -_float64_sqrt_numpy(offset[0] * offset[0] + offset[1] * offset[1])
-        tolerance = np.float32(self.family.goal_tolerance)
-        terminated = bool(abs(offset[0]) < tolerance and abs(offset[1]) < tolerance)
-        return float(reward), terminated, {}
+        _, distance = self._move(np.float32(self.family.max_step) * np.clip(action, -1.0, 1.0))
+        success = bool(distance <= np.float32(self.family.goal_radius))
+        reward = np.float32(1.0) - distance if success else np.float32(0.0)
+        return float(reward), False, {"success": success}
 
 
-class Navigation2DVectorEnv(TorchVectorEnv[GoalTask]):
-    """Native batched :class:`Navigation2D` in torch: positions and goals are ``[num_envs, 2]`` tensors."""
+class SparsePointRobotVectorEnv(_PointRobotVectorEnv):
+    """Native batched :class:`SparsePointRobot` in torch."""
 
-    family: Navigation2D
-
-    def _reset_state(self, mask: torch.Tensor) -> None:
-        if not hasattr(self, "_position"):
-            self._position = torch.zeros((self.num_envs, 2), dtype=torch.float32, device=self.device)
-        self._position = torch.where(mask[:, None], 0.0, self._position)
-        self._goal = self.task_params["goal"].to(torch.float32)
-
-    def _observe(self) -> torch.Tensor:
-        return self._position.clone()
+    family: SparsePointRobot
 
     def _step_state(
         self, actions: torch.Tensor, randomness: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        bound = self.family.max_action
-        self._position = self._position + actions.clamp(-bound, bound)
-        offset = self._position - self._goal
-        rewards = -_float64_sqrt_torch(offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1])
-        tolerance = torch.tensor(self.family.goal_tolerance, dtype=torch.float32, device=self.device)
-        terminated = (offset.abs() < tolerance).all(dim=1)
-        return rewards, terminated, {}
+    ) -> tuple[torch.Tensor, None, dict[str, torch.Tensor]]:
+        max_step = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device)
+        _, distance = self._move(max_step * actions.clamp(-1.0, 1.0))
+        success = distance <= torch.tensor(self.family.goal_radius, dtype=torch.float32, device=self.device)
+        rewards = torch.where(success, 1.0 - distance, 0.0)
+        return rewards, None, {"success": success}
 
 
-# ----------------------------------------------------------------------------------------------------------------
 class SparsePointRobot(TaskFamily[GoalTask]):
     """The sparse-reward point robot of PEARL and varibad.
 
@@ -213,8 +236,9 @@ class SparsePointRobot(TaskFamily[GoalTask]):
 
     name = "SparsePointRobot"
     version = 0
+    env_class = SparsePointRobotEnv
+    vector_env_class = SparsePointRobotVectorEnv
     task_type = GoalTask
-    has_native_vector_env = True
 
     def __init__(self, horizon: int = 20, goal_radius: float = 0.2, max_step: float = 0.1) -> None:
         self.horizon = check_count("horizon", horizon)
@@ -235,63 +259,3 @@ class SparsePointRobot(TaskFamily[GoalTask]):
         x, y = _check_goal(task)
         if abs(math.hypot(x, y) - 1.0) > 1e-6 or y < -1e-9:
             raise ValueError(f"task.goal={task.goal} is not on the upper half of the unit circle")
-
-    def make_env(self, task: GoalTask | None = None) -> SparsePointRobotEnv:
-        return SparsePointRobotEnv(self, task)
-
-    def make_vec_env(
-        self,
-        num_envs: int,
-        tasks: Sequence[GoalTask] | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
-    ) -> SparsePointRobotVectorEnv:
-        return SparsePointRobotVectorEnv(self, num_envs, tasks, device, autoreset_mode)
-
-
-class SparsePointRobotEnv(MetaEnv[GoalTask]):
-    """Single env of :class:`SparsePointRobot`; see the family for the full description."""
-
-    family: SparsePointRobot
-
-    def _reset_state(self) -> None:
-        self._position = np.zeros(2, dtype=np.float32)
-        self._goal = self.task_params["goal"].astype(np.float32)
-
-    def _observe(self) -> np.ndarray:
-        return self._position.copy()
-
-    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
-        self._position = self._position + np.float32(self.family.max_step) * np.clip(action, -1.0, 1.0)
-        offset = self._position - self._goal
-        distance = _float64_sqrt_numpy(offset[0] * offset[0] + offset[1] * offset[1])
-        success = bool(distance <= np.float32(self.family.goal_radius))
-        reward = np.float32(1.0) - distance if success else np.float32(0.0)
-        return float(reward), False, {"success": success}
-
-
-class SparsePointRobotVectorEnv(TorchVectorEnv[GoalTask]):
-    """Native batched :class:`SparsePointRobot` in torch."""
-
-    family: SparsePointRobot
-
-    def _reset_state(self, mask: torch.Tensor) -> None:
-        if not hasattr(self, "_position"):
-            self._position = torch.zeros((self.num_envs, 2), dtype=torch.float32, device=self.device)
-        self._position = torch.where(mask[:, None], 0.0, self._position)
-        self._goal = self.task_params["goal"].to(torch.float32)
-
-    def _observe(self) -> torch.Tensor:
-        return self._position.clone()
-
-    def _step_state(
-        self, actions: torch.Tensor, randomness: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        max_step = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device)
-        self._position = self._position + max_step * actions.clamp(-1.0, 1.0)
-        offset = self._position - self._goal
-        distance = _float64_sqrt_torch(offset[:, 0] * offset[:, 0] + offset[:, 1] * offset[:, 1])
-        success = distance <= torch.tensor(self.family.goal_radius, dtype=torch.float32, device=self.device)
-        rewards = torch.where(success, 1.0 - distance, 0.0)
-        return rewards, None, {"success": success}

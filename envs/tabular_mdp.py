@@ -25,109 +25,6 @@ class TabularMDPTask:
     reward_means: tuple[tuple[float, ...], ...]
 
 
-class TabularMDP(TaskFamily[TabularMDPTask]):
-    """Random finite MDPs with Gaussian rewards (RL² paper, §3.2).
-
-    ## Description
-    An MDP with ``num_states`` states and ``num_actions`` actions whose transition probabilities and mean rewards
-    are unknown to the agent. Each episode starts in state 0 and lasts ``horizon`` steps; a trial of n episodes on
-    one MDP is the exploration problem of the RL² paper.
-
-    ## Action Space
-    ``Discrete(num_actions)``.
-
-    ## Observation Space
-    ``Box(0, 1, (num_states,), float32)``: the one-hot encoding of the current state (RL² feeds states one-hot).
-
-    ## Rewards
-    ``r ~ N(reward_means[s][a], reward_std²)`` for the action ``a`` taken in state ``s`` (unit variance in the paper).
-
-    ## Episode End
-    Never terminates; truncated after ``horizon`` (10) steps.
-
-    ## Task distribution
-    For every ``(s, a)``: ``transitions[s][a] ~ Dirichlet(1, ..., 1)`` (flat) and ``reward_means[s][a] ~ N(1, 1)``.
-    The split draws distinct tasks (disjoint draws), so held-out MDPs never occur in training.
-
-    ## Arguments
-    ``num_states`` (10), ``num_actions`` (5), ``horizon`` (10), ``reward_std`` (1.0).
-
-    ## Version History
-    * v0: initial version.
-
-    References:
-        Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
-    """
-
-    name = "TabularMDP"
-    version = 0
-    task_type = TabularMDPTask
-    has_native_vector_env = True
-
-    def __init__(self, num_states: int = 10, num_actions: int = 5, horizon: int = 10, reward_std: float = 1.0) -> None:
-        self.num_states = check_count("num_states", num_states, minimum=2)
-        self.num_actions = check_count("num_actions", num_actions)
-        self.horizon = check_count("horizon", horizon)
-        self.reward_std = check_real("reward_std", reward_std, 0.0)
-        self._config = {
-            "num_states": self.num_states,
-            "num_actions": self.num_actions,
-            "horizon": self.horizon,
-            "reward_std": self.reward_std,
-        }
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.num_states,), np.float32)
-        self.action_space = gym.spaces.Discrete(self.num_actions)
-
-    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[TabularMDPTask]:
-        check_count("num_tasks", num_tasks)
-        shape = (num_tasks, self.num_states, self.num_actions)
-        transitions = rng.dirichlet(np.ones(self.num_states), size=shape)
-        reward_means = rng.normal(1.0, 1.0, size=shape)
-        return [
-            TabularMDPTask(transitions=_to_tuples(p), reward_means=_to_tuples(r))
-            for p, r in zip(transitions, reward_means, strict=True)
-        ]
-
-    def _check_task_values(self, task: TabularMDPTask) -> None:
-        transitions = _as_float_array("task.transitions", task.transitions)
-        reward_means = _as_float_array("task.reward_means", task.reward_means)
-        expected = (self.num_states, self.num_actions, self.num_states)
-        if transitions.shape != expected:
-            raise ValueError(f"task.transitions must have shape {expected}, got {transitions.shape}")
-        if reward_means.shape != expected[:2]:
-            raise ValueError(f"task.reward_means must have shape {expected[:2]}, got {reward_means.shape}")
-        if not np.isfinite(transitions).all() or (transitions < 0).any():
-            raise ValueError("task.transitions must be finite probabilities >= 0")
-        worst = np.abs(transitions.sum(axis=-1) - 1.0).max()
-        if worst > _PROBABILITY_TOLERANCE:
-            raise ValueError(f"task.transitions[s][a] must sum to 1 (±{_PROBABILITY_TOLERANCE}); off by {worst:.3g}")
-        if not np.isfinite(reward_means).all():
-            raise ValueError("task.reward_means must be finite")
-
-    def task_arrays(self, tasks: Sequence[TabularMDPTask]) -> dict[str, np.ndarray]:
-        arrays = super().task_arrays(tasks)
-        # What one step in (s, a) needs, in one row: s' is drawn by inverting the CDF with a uniform u,
-        # s' = #{inner CDF boundaries <= u}, and the reward is the mean plus noise. step_table[..., s, a, :] holds
-        # the S-1 inner boundaries (the CDF without its final 1) and then the mean reward; built once, here, so both
-        # envs compare the very same numbers, and one row gather serves a whole step of the batched env.
-        boundaries = np.cumsum(arrays["transitions"], axis=-1)[..., :-1]
-        arrays["step_table"] = np.concatenate([boundaries, arrays["reward_means"][..., None]], axis=-1)
-        return arrays
-
-    def make_env(self, task: TabularMDPTask | None = None) -> TabularMDPEnv:
-        return TabularMDPEnv(self, task)
-
-    def make_vec_env(
-        self,
-        num_envs: int,
-        tasks: Sequence[TabularMDPTask] | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
-    ) -> TabularMDPVectorEnv:
-        return TabularMDPVectorEnv(self, num_envs, tasks, device, autoreset_mode)
-
-
 def _to_tuples(array: np.ndarray) -> tuple:
     return tuple(_to_tuples(row) for row in array) if array.ndim > 1 else tuple(float(x) for x in array)
 
@@ -192,3 +89,94 @@ class TabularMDPVectorEnv(TorchVectorEnv[TabularMDPTask]):
         rewards = (rows[:, -1] + randomness[:, 0]).to(torch.float32)
         self._state = (rows[:, :-1] <= randomness[:, 1:]).sum(dim=1)
         return rewards, None, {}
+
+
+class TabularMDP(TaskFamily[TabularMDPTask]):
+    """Random finite MDPs with Gaussian rewards, as in the RL² paper.
+
+    ## Description
+    An MDP with ``num_states`` states and ``num_actions`` actions whose transition probabilities and mean rewards
+    are unknown to the agent. Each episode starts in state 0 and lasts ``horizon`` steps; a trial of n episodes on
+    one MDP is the exploration problem of the RL² paper.
+
+    ## Action Space
+    ``Discrete(num_actions)``.
+
+    ## Observation Space
+    ``Box(0, 1, (num_states,), float32)``: the one-hot encoding of the current state (RL² feeds states one-hot).
+
+    ## Rewards
+    ``r ~ N(reward_means[s][a], reward_std²)`` for the action ``a`` taken in state ``s`` (unit variance in the paper).
+
+    ## Episode End
+    Never terminates; truncated after ``horizon`` (10) steps.
+
+    ## Task distribution
+    For every ``(s, a)``: ``transitions[s][a] ~ Dirichlet(1, ..., 1)`` (flat) and ``reward_means[s][a] ~ N(1, 1)``.
+    The split draws distinct tasks (disjoint draws), so held-out MDPs never occur in training.
+
+    ## Arguments
+    ``num_states`` (10), ``num_actions`` (5), ``horizon`` (10), ``reward_std`` (1.0).
+
+    ## Version History
+    * v0: initial version.
+
+    References:
+        Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
+    """
+
+    name = "TabularMDP"
+    version = 0
+    env_class = TabularMDPEnv
+    vector_env_class = TabularMDPVectorEnv
+    task_type = TabularMDPTask
+
+    def __init__(self, num_states: int = 10, num_actions: int = 5, horizon: int = 10, reward_std: float = 1.0) -> None:
+        self.num_states = check_count("num_states", num_states, minimum=2)
+        self.num_actions = check_count("num_actions", num_actions)
+        self.horizon = check_count("horizon", horizon)
+        self.reward_std = check_real("reward_std", reward_std, 0.0)
+        self._config = {
+            "num_states": self.num_states,
+            "num_actions": self.num_actions,
+            "horizon": self.horizon,
+            "reward_std": self.reward_std,
+        }
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.num_states,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.num_actions)
+
+    def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[TabularMDPTask]:
+        check_count("num_tasks", num_tasks)
+        shape = (num_tasks, self.num_states, self.num_actions)
+        transitions = rng.dirichlet(np.ones(self.num_states), size=shape)
+        reward_means = rng.normal(1.0, 1.0, size=shape)
+        return [
+            TabularMDPTask(transitions=_to_tuples(p), reward_means=_to_tuples(r))
+            for p, r in zip(transitions, reward_means, strict=True)
+        ]
+
+    def _check_task_values(self, task: TabularMDPTask) -> None:
+        transitions = _as_float_array("task.transitions", task.transitions)
+        reward_means = _as_float_array("task.reward_means", task.reward_means)
+        expected = (self.num_states, self.num_actions, self.num_states)
+        if transitions.shape != expected:
+            raise ValueError(f"task.transitions must have shape {expected}, got {transitions.shape}")
+        if reward_means.shape != expected[:2]:
+            raise ValueError(f"task.reward_means must have shape {expected[:2]}, got {reward_means.shape}")
+        if not np.isfinite(transitions).all() or (transitions < 0).any():
+            raise ValueError("task.transitions must be finite probabilities >= 0")
+        worst = np.abs(transitions.sum(axis=-1) - 1.0).max()
+        if worst > _PROBABILITY_TOLERANCE:
+            raise ValueError(f"task.transitions[s][a] must sum to 1 (±{_PROBABILITY_TOLERANCE}); off by {worst:.3g}")
+        if not np.isfinite(reward_means).all():
+            raise ValueError("task.reward_means must be finite")
+
+    def task_arrays(self, tasks: Sequence[TabularMDPTask]) -> dict[str, np.ndarray]:
+        arrays = super().task_arrays(tasks)
+        # What one step in (s, a) needs, in one row: s' is drawn by inverting the CDF with a uniform u,
+        # s' = #{inner CDF boundaries <= u}, and the reward is the mean plus noise. step_table[..., s, a, :] holds
+        # the S-1 inner boundaries (the CDF without its final 1) and then the mean reward; built once, here, so both
+        # envs compare the very same numbers, and one row gather serves a whole step of the batched env.
+        boundaries = np.cumsum(arrays["transitions"], axis=-1)[..., :-1]
+        arrays["step_table"] = np.concatenate([boundaries, arrays["reward_means"][..., None]], axis=-1)
+        return arrays

@@ -99,7 +99,7 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
 def _families() -> int:
     for env_id in list_families():
         family = family_spec(env_id).make_family()
-        native = "native batched" if family.has_native_vector_env else "Gymnasium vector fallback"
+        native = "native batched" if family.vector_env_class else "Gymnasium vector fallback"
         print(
             f"{env_id:32s} horizon {family.horizon:4d}  obs {family.observation_space}  "
             f"actions {family.action_space}  [{native}]"

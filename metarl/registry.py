@@ -23,6 +23,7 @@ import torch
 
 from metarl.env import MetaEnv
 from metarl.tasks import TaskFamily
+from metarl.vector import TorchVectorEnv
 
 NAMESPACE = "MetaRL"
 _ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -80,6 +81,17 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
     name = getattr(family_class, "name", None)
     if not isinstance(name, str) or not _ID_PATTERN.match(name):
         raise ValueError(f"{family_class.__name__}.name must be letters, digits, '_' or '-', got {name!r}")
+    env_class = getattr(family_class, "env_class", None)
+    if not (isinstance(env_class, type) and issubclass(env_class, MetaEnv)):
+        raise TypeError(f"{family_class.__name__}.env_class must be a metarl.MetaEnv subclass, got {env_class!r}")
+    vector_env_class = family_class.vector_env_class
+    if vector_env_class is not None and not (
+        isinstance(vector_env_class, type) and issubclass(vector_env_class, TorchVectorEnv)
+    ):
+        raise TypeError(
+            f"{family_class.__name__}.vector_env_class must be None or a metarl.TorchVectorEnv subclass, "
+            f"got {vector_env_class!r}"
+        )
     version = family_class.version
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"{family_class.__name__}.version must be an int >= 0, got {version!r}")
@@ -100,7 +112,7 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
         id=env_id,
         entry_point=functools.partial(_make_single_env, family_class),
         vector_entry_point=(
-            functools.partial(_make_native_vector_env, family_class) if family_class.has_native_vector_env else None
+            functools.partial(_make_native_vector_env, family_class) if family_class.vector_env_class else None
         ),
         kwargs=kwargs,
     )

@@ -19,7 +19,10 @@ import gymnasium as gym
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from metarl.env import MetaEnv
+    from metarl.vector import TorchVectorEnv
 
 TaskT = TypeVar("TaskT")
 
@@ -48,10 +51,10 @@ class TaskSplit(Generic[TaskT]):
 class TaskFamily(ABC, Generic[TaskT]):
     """A distribution over related tasks and the envs that play them.
 
-    Subclasses set the class attributes ``name``, ``version`` and ``task_type``, set ``observation_space``,
-    ``action_space`` and ``horizon`` in ``__init__``, and implement ``sample_tasks``, ``_check_task_values`` and
-    ``make_env``. A family with a native batched implementation overrides ``make_vec_env`` (and sets
-    ``has_native_vector_env``); every other family gets a Gymnasium ``SyncVectorEnv`` of its single env.
+    Subclasses set the class attributes ``name``, ``version``, ``task_type`` and ``env_class`` (and
+    ``vector_env_class`` when they have a native batched env), set ``observation_space``, ``action_space`` and
+    ``horizon`` in ``__init__``, and implement ``sample_tasks`` and ``_check_task_values``. A family without a native
+    batched env gets a Gymnasium ``SyncVectorEnv`` of its single env from ``make_vec_env``.
 
     Families are configured by keyword arguments only, the same ones ``gymnasium.make(id, **kwargs)`` accepts.
     """
@@ -62,8 +65,11 @@ class TaskFamily(ABC, Generic[TaskT]):
     """Bumped whenever reward, observation or task-distribution semantics change."""
     task_type: ClassVar[type]
     """The frozen dataclass of this family's tasks."""
-    has_native_vector_env: ClassVar[bool] = False
-    """Whether ``make_vec_env`` returns a native batched env (registered as the ``vector_entry_point``)."""
+    env_class: ClassVar[type[MetaEnv]]
+    """The single env, built as ``env_class(family, task)``."""
+    vector_env_class: ClassVar[type[TorchVectorEnv] | None] = None
+    """The native batched env, if any, built as ``vector_env_class(family, num_envs, tasks, device,
+    autoreset_mode)``; it is registered as the Gymnasium ``vector_entry_point``."""
 
     observation_space: gym.Space
     action_space: gym.Space
@@ -144,24 +150,25 @@ class TaskFamily(ABC, Generic[TaskT]):
         )
 
     # -- envs --------------------------------------------------------------------------------------------------
-    @abstractmethod
     def make_env(self, task: TaskT | None = None) -> MetaEnv[TaskT]:
         """Build a single Gymnasium env of this family, playing ``task`` once it is reset."""
+        return self.env_class(self, task)
 
     def make_vec_env(
         self,
         num_envs: int,
         tasks: Sequence[TaskT] | None = None,
         *,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         autoreset_mode: gym.vector.AutoresetMode | str = gym.vector.AutoresetMode.NEXT_STEP,
     ) -> gym.vector.VectorEnv:
         """Build a vector env over ``num_envs`` sub-envs, sub-env ``i`` playing ``tasks[i]`` once reset.
 
-        This generic version is a Gymnasium ``SyncVectorEnv`` over ``make_env``; ``device`` is accepted for a
-        uniform signature and ignored (its arrays live in host memory). Families with a native batched
-        implementation override it.
+        The native batched env when the family has one (on ``device``); otherwise a Gymnasium ``SyncVectorEnv``
+        over ``make_env``, whose arrays live in host memory whatever ``device`` says.
         """
+        if self.vector_env_class is not None:
+            return self.vector_env_class(self, num_envs, tasks, device, autoreset_mode)
         from metarl.vector import set_vector_tasks  # local import: vector.py imports this module
 
         check_count("num_envs", num_envs)

@@ -352,7 +352,7 @@ def build_config(args: argparse.Namespace) -> Config:
     """Validate the parsed arguments; a bad value raises ``ValueError`` naming it and what is allowed."""
     families = tuple(dict.fromkeys(family_spec(family_id).id for family_id in args.families))
     for family_id in families:
-        if not family_spec(family_id).family_class.has_native_vector_env:
+        if family_spec(family_id).family_class.vector_env_class is None:
             raise ValueError(f"--families: {family_id} has no native batched env to benchmark")
     num_envs = args.num_envs or list(QUICK_NUM_ENVS if args.quick else DEFAULT_NUM_ENVS)
     for n in num_envs:

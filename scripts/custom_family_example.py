@@ -26,6 +26,18 @@ class LineGoalTask:
     goal: float
 
 
+class LineGoalEnv(metarl.MetaEnv[LineGoalTask]):
+    def _reset_state(self) -> None:
+        self._position = np.zeros(1, dtype=np.float32)
+
+    def _observe(self) -> np.ndarray:
+        return self._position.copy()
+
+    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+        self._position = self._position + np.clip(action, -0.2, 0.2)
+        return -abs(float(self._position[0]) - self.task_params["goal"]), False, {}
+
+
 class LineGoal(metarl.TaskFamily[LineGoalTask]):
     """A point on a line must find a goal it cannot see; reward is minus the distance to the goal.
 
@@ -36,6 +48,7 @@ class LineGoal(metarl.TaskFamily[LineGoalTask]):
     name = "LineGoal"
     version = 0
     task_type = LineGoalTask
+    env_class = LineGoalEnv  # no vector_env_class: the suite uses Gymnasium's SyncVectorEnv
 
     def __init__(self, horizon: int = 20) -> None:
         self.horizon = check_count("horizon", horizon)
@@ -48,21 +61,6 @@ class LineGoal(metarl.TaskFamily[LineGoalTask]):
 
     def _check_task_values(self, task: LineGoalTask) -> None:
         check_real("task.goal", task.goal, -1.0, 1.0)
-
-    def make_env(self, task: LineGoalTask | None = None) -> LineGoalEnv:
-        return LineGoalEnv(self, task)
-
-
-class LineGoalEnv(metarl.MetaEnv[LineGoalTask]):
-    def _reset_state(self) -> None:
-        self._position = np.zeros(1, dtype=np.float32)
-
-    def _observe(self) -> np.ndarray:
-        return self._position.copy()
-
-    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
-        self._position = self._position + np.clip(action, -0.2, 0.2)
-        return -abs(float(self._position[0]) - self.task_params["goal"]), False, {}
 
 
 LINE_GOAL_ID = metarl.register_family(LineGoal)

@@ -86,6 +86,26 @@ def test_reloaded_module_may_register_again_but_another_class_may_not(example):
     class LineGoal(TaskFamily):  # same name and version, a different class
         name = "LineGoal"
         task_type = example.LineGoalTask
+        env_class = example.LineGoalEnv
 
     with pytest.raises(ValueError, match=re.escape("already registered to custom_family_example.LineGoal")):
         register_family(LineGoal)
+
+
+def test_a_family_needs_env_classes_of_the_right_kind(example):
+    from metarl import TaskFamily, register_family
+
+    class NoEnv(TaskFamily):
+        name = "NoEnv"
+        task_type = example.LineGoalTask
+
+    with pytest.raises(TypeError, match=r"NoEnv.env_class must be a metarl.MetaEnv subclass, got None"):
+        register_family(NoEnv)
+
+    class WrongVectorEnv(NoEnv):
+        env_class = example.LineGoalEnv
+        vector_env_class = gym.vector.SyncVectorEnv
+
+    with pytest.raises(TypeError, match=r"vector_env_class must be None or a metarl.TorchVectorEnv subclass"):
+        register_family(WrongVectorEnv)
+    assert "MetaRL/NoEnv-v0" not in list_families()

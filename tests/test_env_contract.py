@@ -255,4 +255,4 @@ def test_family_ids_are_namespaced_and_versioned():
         assert env_id == f"MetaRL/{family_class.name}-v{family_class.version}"
         spec = gym.spec(env_id)
         assert (spec.namespace, spec.name, spec.version) == ("MetaRL", family_class.name, family_class.version)
-        assert (spec.vector_entry_point is not None) == family_class.has_native_vector_env
+        assert (spec.vector_entry_point is not None) == (family_class.vector_env_class is not None)
