@@ -31,7 +31,7 @@ class BanditEnv(MetaEnv[BanditTask]):
     def _observe(self) -> np.ndarray:
         return np.zeros(1, dtype=np.float32)
 
-    def _step_state(self, action: int, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: int, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         reward = float(uniforms[0] < self.task_params["arm_means"][action])
         return reward, True, {}
 

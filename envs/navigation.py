@@ -72,7 +72,7 @@ class Navigation2DEnv(_PointRobotEnv):
 
     family: Navigation2D
 
-    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: np.ndarray, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         bound = np.float32(self.family.max_action)
         offset, distance = self._move(np.clip(action, -bound, bound))
         tolerance = np.float32(self.family.goal_tolerance)
@@ -173,7 +173,7 @@ class SparsePointRobotEnv(_PointRobotEnv):
 
     family: SparsePointRobot
 
-    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: np.ndarray, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         _, distance = self._move(np.float32(self.family.max_step) * np.clip(action, -1.0, 1.0))
         success = bool(distance <= np.float32(self.family.goal_radius))
         reward = np.float32(1.0) - distance if success else np.float32(0.0)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metarl.env import MetaEnv
-from metarl.seeding import standard_normal_numpy, standard_normal_torch
+from metarl.seeding import standard_normal_python, standard_normal_torch
 from metarl.tasks import TaskFamily, check_count, check_real
 from metarl.vector import TorchVectorEnv
 
@@ -50,9 +50,9 @@ class TabularMDPEnv(MetaEnv[TabularMDPTask]):
         observation[self._state] = 1.0
         return observation
 
-    def _step_state(self, action: int, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: int, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         row = self.task_params["step_table"][self._state, action]
-        noise = self.family.reward_std * standard_normal_numpy(uniforms[0], uniforms[1])
+        noise = self.family.reward_std * standard_normal_python(uniforms[0], uniforms[1])
         reward = np.float32(row[-1] + noise)
         self._state = int(np.count_nonzero(row[:-1] <= uniforms[2]))
         return float(reward), False, {}

@@ -12,7 +12,7 @@ from typing import Any, Generic
 import gymnasium as gym
 import numpy as np
 
-from metarl.seeding import draw_key, uniform_numpy
+from metarl.seeding import draw_key, uniform_python
 from metarl.tasks import TaskFamily, TaskT
 
 
@@ -93,10 +93,10 @@ class MetaEnv(gym.Env, Generic[TaskT]):
         self._needs_reset = terminated or truncated
         return self._observe(), reward, terminated, truncated, info
 
-    def _draw_uniforms(self) -> np.ndarray:
-        counters = self._stream_counter + np.arange(self.draws_per_step)
+    def _draw_uniforms(self) -> tuple[float, ...]:
+        start = self._stream_counter
         self._stream_counter += self.draws_per_step
-        return uniform_numpy(self._stream_key, counters)
+        return tuple(uniform_python(self._stream_key, counter) for counter in range(start, self._stream_counter))
 
     # -- hooks for families ------------------------------------------------------------------------------------
     def _reset_state(self) -> None:
@@ -107,7 +107,7 @@ class MetaEnv(gym.Env, Generic[TaskT]):
         """The current observation, an element of ``observation_space``."""
         raise NotImplementedError
 
-    def _step_state(self, action: Any, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: Any, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         """Advance the state by a checked ``action`` using ``uniforms`` (``draws_per_step`` numbers in [0, 1)).
 
         Returns:

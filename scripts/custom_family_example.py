@@ -33,7 +33,7 @@ class LineGoalEnv(metarl.MetaEnv[LineGoalTask]):
     def _observe(self) -> np.ndarray:
         return self._position.copy()
 
-    def _step_state(self, action: np.ndarray, uniforms: np.ndarray) -> tuple[float, bool, dict]:
+    def _step_state(self, action: np.ndarray, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         self._position = self._position + np.clip(action, -0.2, 0.2)
         return -abs(float(self._position[0]) - self.task_params["goal"]), False, {}
 
