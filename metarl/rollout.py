@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from metarl.tasks import TaskFamily
 from metarl.vector import TorchVectorEnv, set_vector_tasks
 
 # After an episode ends its sub-env keeps stepping until the slowest episode of the batch ends; those steps are
@@ -74,7 +75,7 @@ class EpisodeBatch(NamedTuple):
 @torch.no_grad()
 def collect_episodes(
     envs: gym.vector.VectorEnv,
-    family: Any,
+    family: TaskFamily,
     tasks: Sequence[Any],
     episodes_per_task: int,
     policy: RolloutPolicy,
