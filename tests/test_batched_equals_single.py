@@ -228,3 +228,25 @@ def test_step_infos_cover_the_sub_envs_that_stepped():
         assert not native_info["success"][~stepped].any()
         seen_success |= bool(native_info["success"].any())
     assert seen_success
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_native_env_on_cuda_equals_cpu(family):
+    """The same native env on CUDA gives the CPU's numbers; rewards may differ in the last float32 bit where a
+    transcendental function (Box-Muller's log and cos) rounds differently on the GPU."""
+    tasks = family.sample_tasks(np.random.default_rng(0), NUM_ENVS)
+    on_cpu = family.make_vec_env(NUM_ENVS, tasks, device="cpu")
+    on_cuda = family.make_vec_env(NUM_ENVS, tasks, device="cuda")
+    observations_cpu, _ = on_cpu.reset_tensor(seed=7)
+    observations_cuda, _ = on_cuda.reset_tensor(seed=7)
+    assert observations_cuda.device.type == "cuda"
+    torch.testing.assert_close(observations_cuda.cpu(), observations_cpu, rtol=0, atol=0)
+    rng = np.random.default_rng(1)
+    for _ in range(3 * family.horizon + 3):
+        actions = torch.as_tensor(random_actions(family.action_space, rng, (NUM_ENVS,)))
+        cpu_out = on_cpu.step_tensor(actions)
+        cuda_out = on_cuda.step_tensor(actions.cuda())
+        assert all(value.device.type == "cuda" for value in cuda_out[:4])
+        torch.testing.assert_close(cuda_out[0].cpu(), cpu_out[0], rtol=0, atol=0)
+        torch.testing.assert_close(cuda_out[1].cpu(), cpu_out[1], rtol=0, atol=1e-6)
+        assert torch.equal(cuda_out[2].cpu(), cpu_out[2]) and torch.equal(cuda_out[3].cpu(), cpu_out[3])
