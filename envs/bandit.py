@@ -98,7 +98,6 @@ class Bandit(TaskFamily[BanditTask]):
     def __init__(self, num_arms: int = 5) -> None:
         self.num_arms = check_count("num_arms", num_arms, minimum=2)
         self.horizon = 1
-        self._config = {"num_arms": self.num_arms}
         self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
         self.action_space = gym.spaces.Discrete(self.num_arms)
 

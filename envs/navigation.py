@@ -145,12 +145,6 @@ class Navigation2D(TaskFamily[GoalTask]):
             raise ValueError(f"goal_low must be < goal_high, got goal_low={goal_low}, goal_high={goal_high}")
         self.goal_tolerance = check_real("goal_tolerance", goal_tolerance, 0.0)
         self.max_action = 0.1
-        self._config = {
-            "horizon": self.horizon,
-            "goal_low": self.goal_low,
-            "goal_high": self.goal_high,
-            "goal_tolerance": self.goal_tolerance,
-        }
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = gym.spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
 
@@ -246,7 +240,6 @@ class SparsePointRobot(TaskFamily[GoalTask]):
         self.max_step = check_real("max_step", max_step, 0.0)
         if self.goal_radius == 0.0 or self.max_step == 0.0:
             raise ValueError(f"goal_radius and max_step must be > 0, got {goal_radius}, {max_step}")
-        self._config = {"horizon": self.horizon, "goal_radius": self.goal_radius, "max_step": self.max_step}
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 

@@ -136,12 +136,6 @@ class TabularMDP(TaskFamily[TabularMDPTask]):
         self.num_actions = check_count("num_actions", num_actions)
         self.horizon = check_count("horizon", horizon)
         self.reward_std = check_real("reward_std", reward_std, 0.0)
-        self._config = {
-            "num_states": self.num_states,
-            "num_actions": self.num_actions,
-            "horizon": self.horizon,
-            "reward_std": self.reward_std,
-        }
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.num_states,), np.float32)
         self.action_space = gym.spaces.Discrete(self.num_actions)
 

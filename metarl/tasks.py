@@ -10,6 +10,7 @@ Everything an agent needs to know about a family is its observation space, its a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -56,7 +57,8 @@ class TaskFamily(ABC, Generic[TaskT]):
     ``horizon`` in ``__init__``, and implement ``sample_tasks`` and ``_check_task_values``. A family without a native
     batched env gets a Gymnasium ``SyncVectorEnv`` of its single env from ``make_vec_env``.
 
-    Families are configured by keyword arguments only, the same ones ``gymnasium.make(id, **kwargs)`` accepts.
+    Families are configured by keyword arguments only, the same ones ``gymnasium.make(id, **kwargs)`` accepts, and
+    store each one under its own name (``config()`` reads them back).
     """
 
     name: ClassVar[str]
@@ -180,10 +182,13 @@ class TaskFamily(ABC, Generic[TaskT]):
         return envs
 
     def config(self) -> dict[str, Any]:
-        """The keyword arguments this family was built with (JSON-friendly), for logs and checkpoints."""
-        return dict(self._config)
+        """The keyword arguments this family was built with, for logs and checkpoints.
 
-    _config: dict[str, Any]
+        Read back from the attributes of the same names, which is why a family stores each constructor argument
+        (validated) under its own name.
+        """
+        parameters = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in parameters if name != "self"}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

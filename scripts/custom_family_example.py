@@ -52,7 +52,6 @@ class LineGoal(metarl.TaskFamily[LineGoalTask]):
 
     def __init__(self, horizon: int = 20) -> None:
         self.horizon = check_count("horizon", horizon)
-        self._config = {"horizon": self.horizon}
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
         self.action_space = gym.spaces.Box(-0.2, 0.2, (1,), np.float32)
 
