@@ -1,0 +1,320 @@
+"""MLP policies whose forward pass takes its parameters explicitly, for MAML's functional inner loop.
+
+A policy's parameters are plain ``nn.Parameter``s with stable names (``layers.0.weight``, ``layers.0.bias``, ...,
+``layers.<L>.weight``, ``layers.<L>.bias`` and, for the Gaussian policy, ``log_std``), and
+``dict(policy.named_parameters())`` is the params dict every other module passes around. Every method takes
+``params``:
+
+- ``None``: the module's own parameters;
+- *unbatched*: a dict with the module's shapes, with observations ``[..., obs_dim]``;
+- *batched over tasks*: every tensor with a leading task dim T (weights ``[T, out, in]``, biases ``[T, out]``,
+  ``log_std`` ``[T, action_dim]``), with observations ``[T, ..., obs_dim]``. MAML's adapted parameters have this
+  form; ``batch_params`` builds it from a shared dict.
+
+Both forms run through one code path (observations reshaped to ``[*lead, N, obs_dim]``, then ``x @ W.mT + b``), which
+also works under ``torch.func.functional_call`` and ``torch.func.vmap``. Distributions are built with
+``validate_args=False`` because argument validation is data-dependent control flow, which ``vmap`` forbids.
+
+A policy's ``act`` is a :class:`metarl.rollout.RolloutPolicy`::
+
+    collect_episodes(envs, family, tasks, episodes, policy.act, params=adapted_params)
+
+References:
+    Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
+    The layout follows pytorch-maml-rl's policies (https://github.com/tristandeleu/pytorch-maml-rl).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import gymnasium as gym
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
+"""Hidden-layer activations by name."""
+
+MIN_LOG_STD = math.log(1e-6)
+"""The Gaussian policy's log standard deviation is clamped from below here (as in pytorch-maml-rl), so that a
+collapsing ``log_std`` cannot make log-probabilities overflow."""
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class _MLPPolicy(nn.Module):
+    """An MLP from observations to ``out_dim`` outputs whose forward pass takes its parameters explicitly.
+
+    Subclasses turn the MLP's output into a distribution in ``distribution`` and define ``_mode``.
+    """
+
+    def __init__(self, obs_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        # validate everything before any layer is built
+        self.obs_dim = _check_positive_int("obs_dim", obs_dim)
+        if isinstance(hidden_sizes, str) or not isinstance(hidden_sizes, Sequence):
+            raise ValueError(f"hidden_sizes must be a sequence of ints >= 1, got {hidden_sizes!r}")
+        for size in hidden_sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"hidden_sizes must be ints >= 1, got {size!r} in {tuple(hidden_sizes)!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.activation = activation
+        self._activation = ACTIVATIONS[activation]
+
+        sizes = (self.obs_dim, *self.hidden_sizes, out_dim)
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in itertools.pairwise(sizes))
+        # initialisation of pytorch-maml-rl: Xavier-uniform weights, zero biases
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _resolve(self, params: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
+        if params is None:
+            # read through named_parameters so that torch.func.functional_call's substitutes are used
+            return dict(self.named_parameters())
+        missing = [name for name, _ in self.named_parameters() if name not in params]
+        if missing:
+            raise ValueError(f"params lacks {missing}; expected the names of {type(self).__name__}.named_parameters()")
+        return params
+
+    def _mlp(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The MLP's output ``[*observations.shape[:-1], out_dim]`` and the params' leading (task) shape."""
+        lead = tuple(params["layers.0.weight"].shape[:-2])  # () unbatched, (T,) batched
+        # shape checks are on Python ints, so they are fine under vmap
+        for name, own in self.named_parameters():
+            shape = tuple(params[name].shape)
+            if shape != (*lead, *own.shape):
+                raise ValueError(
+                    f"params[{name!r}] has shape {shape}, expected {(*lead, *own.shape)} "
+                    f"(every tensor needs the same leading task shape {lead})"
+                )
+        if observations.dim() < len(lead) + 1 or tuple(observations.shape[: len(lead)]) != lead:
+            raise ValueError(
+                f"observations of shape {tuple(observations.shape)} do not fit params batched over {lead}: "
+                f"expected [{', '.join(map(str, lead))}{', ' if lead else ''}..., {self.obs_dim}]"
+            )
+        if observations.shape[-1] != self.obs_dim:
+            raise ValueError(f"observations must end in obs_dim={self.obs_dim}, got shape {tuple(observations.shape)}")
+
+        # [*lead, ..., obs_dim] -> [*lead, N, obs_dim]: one batched matmul per layer whether or not lead is empty
+        x = observations.to(params["layers.0.weight"].dtype).reshape(*lead, -1, self.obs_dim)
+        last = len(self.layers) - 1
+        for i in range(len(self.layers)):
+            weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+            x = x @ weight.mT + bias.unsqueeze(-2)
+            if i < last:
+                x = self._activation(x)
+        return x.reshape(*observations.shape[:-1], x.shape[-1]), lead
+
+    def distribution(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+    ) -> Distribution:
+        """The action distribution at ``observations``; batch shape ``observations.shape[:-1]``."""
+        raise NotImplementedError
+
+    def forward(self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> Distribution:
+        """Same as ``distribution`` (so ``torch.func.functional_call(policy, params, (obs,))`` returns it)."""
+        return self.distribution(observations, params)
+
+    def _mode(self, distribution: Distribution) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(
+        self, observations: torch.Tensor, actions: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Log-probability of ``actions`` at ``observations``, shaped ``observations.shape[:-1]``."""
+        return self.distribution(observations, params).log_prob(actions)
+
+    def entropy(self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Entropy of the action distribution at ``observations``, shaped ``observations.shape[:-1]``."""
+        return self.distribution(observations, params).entropy()
+
+    def kl_divergence(
+        self,
+        old_distribution: Distribution,
+        observations: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``KL(old_distribution || policy(observations, params))`` per batch element (see :func:`kl`)."""
+        return kl(old_distribution, self.distribution(observations, params))
+
+    @torch.no_grad()
+    def act(
+        self,
+        observations: torch.Tensor,
+        params: Mapping[str, torch.Tensor] | None = None,
+        deterministic: bool = False,
+    ) -> torch.Tensor:
+        """Actions for ``observations``, sampled with torch's global RNG (the mode if ``deterministic``).
+
+        This is a :class:`metarl.rollout.RolloutPolicy`: pass ``policy.act`` to ``collect_episodes`` with the
+        per-task params (or ``functools.partial(policy.act, deterministic=True)`` for greedy rollouts).
+
+        Returns:
+            ``[*observations.shape[:-1], *action_shape]``: float Gaussian actions (not clipped, the envs clip) or
+            int64 discrete ones.
+        """
+        distribution = self.distribution(observations, params)
+        return self._mode(distribution) if deterministic else distribution.sample()
+
+
+class GaussianMLPPolicy(_MLPPolicy):
+    """A diagonal Gaussian policy for Box actions: an MLP mean and a learned, state-independent ``log_std``.
+
+    Args:
+        obs_dim: size of the (flat) observation.
+        action_dim: size of the (flat) action.
+        hidden_sizes: widths of the hidden layers (may be empty: a linear policy).
+        activation: hidden activation, one of ``ACTIVATIONS``.
+        init_log_std: initial value of every entry of ``log_std``.
+
+    References:
+        Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        init_log_std: float = 0.0,
+    ) -> None:
+        action_dim = _check_positive_int("action_dim", action_dim)
+        if (
+            isinstance(init_log_std, bool)
+            or not isinstance(init_log_std, int | float)
+            or not math.isfinite(init_log_std)
+        ):
+            raise ValueError(f"init_log_std must be a finite real number, got {init_log_std!r}")
+        super().__init__(obs_dim, action_dim, hidden_sizes, activation)
+        self.action_dim = action_dim
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def distribution(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+    ) -> Distribution:
+        """``Independent(Normal(mean, std), 1)`` at ``observations``: ``log_prob`` sums over action dims."""
+        params = self._resolve(params)
+        mean, lead = self._mlp(observations, params)
+        # log_std [*lead, act] -> [*lead, 1, ..., 1, act] to broadcast over the observations' middle dims
+        middle = mean.dim() - len(lead) - 1
+        log_std = params["log_std"].reshape(*lead, *([1] * middle), self.action_dim)
+        std = torch.exp(torch.clamp(log_std, min=MIN_LOG_STD)).expand_as(mean)
+        return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)
+
+    def _mode(self, distribution: Distribution) -> torch.Tensor:
+        return distribution.mean
+
+
+class CategoricalMLPPolicy(_MLPPolicy):
+    """A categorical policy for Discrete actions ``0 .. num_actions - 1``: an MLP of logits.
+
+    Args:
+        obs_dim: size of the (flat) observation.
+        num_actions: number of discrete actions.
+        hidden_sizes: widths of the hidden layers (may be empty: a linear policy).
+        activation: hidden activation, one of ``ACTIVATIONS``.
+
+    References:
+        Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
+    """
+
+    def __init__(
+        self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh"
+    ) -> None:
+        num_actions = _check_positive_int("num_actions", num_actions)
+        super().__init__(obs_dim, num_actions, hidden_sizes, activation)
+        self.num_actions = num_actions
+
+    def distribution(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None
+    ) -> Distribution:
+        """``Categorical(logits=...)`` at ``observations``."""
+        logits, _ = self._mlp(observations, self._resolve(params))
+        return Categorical(logits=logits, validate_args=False)
+
+    def _mode(self, distribution: Distribution) -> torch.Tensor:
+        return distribution.logits.argmax(dim=-1)
+
+
+def kl(old: Distribution, new: Distribution) -> torch.Tensor:
+    """Analytic ``KL(old || new)`` per batch element, for the distributions these policies return.
+
+    Supports two diagonal Gaussians (``Independent(Normal, k)``, summed over the ``k`` event dims) and two
+    ``Categorical``s. Written out rather than through ``torch.distributions.kl_divergence`` so that it has no
+    in-place masking and runs under ``vmap``.
+
+    Raises:
+        TypeError: any other pair of distributions.
+    """
+    if isinstance(old, Independent) and isinstance(new, Independent):
+        if not (isinstance(old.base_dist, Normal) and isinstance(new.base_dist, Normal)):
+            raise TypeError(f"kl supports Independent(Normal) pairs, got {old!r} and {new!r}")
+        if old.reinterpreted_batch_ndims != new.reinterpreted_batch_ndims:
+            raise TypeError(
+                f"kl needs the same event dims, got {old.reinterpreted_batch_ndims} and {new.reinterpreted_batch_ndims}"
+            )
+        mu_p, std_p = old.base_dist.loc, old.base_dist.scale
+        mu_q, std_q = new.base_dist.loc, new.base_dist.scale
+        # KL(N(mu_p, s_p) || N(mu_q, s_q)) = log(s_q / s_p) + (s_p^2 + (mu_p - mu_q)^2) / (2 s_q^2) - 1/2
+        per_dim = torch.log(std_q / std_p) + (std_p.square() + (mu_p - mu_q).square()) / (2 * std_q.square()) - 0.5
+        return per_dim.flatten(start_dim=per_dim.dim() - old.reinterpreted_batch_ndims).sum(dim=-1)
+    if isinstance(old, Categorical) and isinstance(new, Categorical):
+        # sum_a p(a) (log p(a) - log q(a)), with 0 log 0 = 0; Categorical's logits are normalised log-probs
+        p = old.probs
+        terms = p * (old.logits - new.logits)
+        return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(dim=-1)
+    raise TypeError(
+        f"kl supports pairs of Independent(Normal) or of Categorical distributions, got "
+        f"{type(old).__name__} and {type(new).__name__}"
+    )
+
+
+def make_policy(
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+) -> GaussianMLPPolicy | CategoricalMLPPolicy:
+    """The MLP policy for a family's spaces: Gaussian for a 1-D Box action space, categorical for a Discrete one.
+
+    Args:
+        observation_space: a Box with a 1-D shape.
+        action_space: a Box with a 1-D shape, or a Discrete starting at 0.
+        hidden_sizes: widths of the hidden layers.
+        activation: hidden activation, one of ``ACTIVATIONS``.
+
+    Raises:
+        ValueError: any other space (checked before anything is built), or bad ``hidden_sizes`` / ``activation``.
+    """
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        raise ValueError(f"make_policy needs a Box observation space of 1-D shape, got {observation_space!r}")
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return GaussianMLPPolicy(observation_space.shape[0], action_space.shape[0], hidden_sizes, activation)
+    if isinstance(action_space, gym.spaces.Discrete) and int(action_space.start) == 0:
+        return CategoricalMLPPolicy(observation_space.shape[0], int(action_space.n), hidden_sizes, activation)
+    raise ValueError(
+        f"make_policy needs a Box action space of 1-D shape or a Discrete action space starting at 0, "
+        f"got {action_space!r}"
+    )
+
+
+def batch_params(params: Mapping[str, torch.Tensor], num_tasks: int) -> dict[str, torch.Tensor]:
+    """``params`` repeated over a leading task dim of size ``num_tasks``, as views (``expand``).
+
+    Gradients with respect to the result are per task; gradients flowing through it add up in ``params``.
+    """
+    num_tasks = _check_positive_int("num_tasks", num_tasks)
+    return {name: value.unsqueeze(0).expand(num_tasks, *value.shape) for name, value in params.items()}
