@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("families", help="list the registered task families")
 
+    train = commands.add_parser(
+        "train",
+        help="meta-train (default: MAML-TRPO on Navigation2D, a few minutes)",
+        description="Meta-train. Config: the TrainConfig defaults, then --preset, then key=value overrides.",
+    )
+    train.add_argument("--preset", default=None, help="a preset under configs/ (name) or a YAML file")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="resume the run in RUN_DIR from last.pt")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
+
     demo = commands.add_parser("demo", help="roll out a random policy on held-out tasks of every family")
     demo.add_argument("--family", action="append", default=None, metavar="ID", help="family id (repeatable)")
     demo.add_argument("--tasks", type=_positive_int, default=8, help="held-out tasks per family (default 8)")
@@ -70,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "families":
             return _families()
+        if args.command == "train":
+            return _train(args)
         return _demo(args)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
@@ -94,6 +105,21 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
             importlib.import_module(module)
         except ModuleNotFoundError as error:
             parser.error(f"--import {module}: {error}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metarl.config import load_config
+    from metarl.trainer import train
+
+    if args.resume is not None and (args.preset is not None or args.overrides):
+        raise ValueError("--resume continues a run with its own config; drop --preset and the overrides")
+    config = None if args.resume is not None else load_config(args.preset, args.overrides)
+    result = train(config, resume=args.resume)
+    print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")
+    print("  " + "  ".join(f"{'before' if k == 0 else f'step {k}':>8s}" for k in range(len(result.test_returns))))
+    print("  " + "  ".join(f"{value:8.2f}" for value in result.test_returns))
+    print(f"run folder: {result.run_dir}  ({result.iterations} iterations, {result.minutes:.1f} min)")
+    return 0
 
 
 def _families() -> int:

@@ -1,0 +1,345 @@
+"""MAML-RL: policy-gradient inner loop, TRPO outer loop, batched over the tasks of a meta-batch.
+
+One meta-iteration, as in the paper's Algorithm 3:
+
+1. collect E episodes of every task with the meta-parameters θ (pre-adaptation);
+2. adapt: K steps of vanilla policy gradient per task, θ'_t = θ - α_k ∇ L_inner(θ; D_t), collecting new episodes
+   with the adapted parameters after each step;
+3. meta-update θ with TRPO on the post-adaptation surrogate, differentiating through the inner steps
+   (second order) or not (first order).
+
+All tasks adapt at once: the meta-parameters are expanded to a leading task dimension and one batched autograd graph
+computes every task's inner gradient (``batch_params``); ``adapt_per_task`` is the per-task loop kept as the
+reference the tests compare against.
+
+The curvature TRPO needs is the Hessian of the mean KL between the old and the new *adapted* policies. At the
+current point it equals Jᵀ F J, with J = ∂θ'/∂θ the Jacobian of the adaptation and F the Fisher matrix at the
+adapted parameters (the KL's gradient vanishes there), so a Hessian-vector product is one Jacobian-vector product,
+one Fisher-vector product and one vector-Jacobian product: second derivatives of the inner loss only, never third.
+
+References:
+    Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
+    Schulman et al. "Trust Region Policy Optimization", ICML 2015.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from agents.policies import batch_params, make_policy
+from metarl.advantages import discounted_returns, fit_and_predict_linear_baseline, gae, normalize_advantages
+from metarl.optim import conjugate_gradient, flatten_tensors, line_search, trpo_step_size, unflatten_like
+from metarl.rollout import EpisodeBatch, collect_episodes
+from metarl.tasks import TaskFamily
+
+Params = dict[str, torch.Tensor]
+
+
+class PolicyGradientData(NamedTuple):
+    """What a policy-gradient loss needs from an episode batch; tensors ``[T, E, H, ...]``."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor
+    """Normalised per task, 0 on padded steps."""
+    masks: torch.Tensor
+
+
+class MetaBatch(NamedTuple):
+    """The episodes of one meta-iteration: ``inner[k]`` was collected before adaptation step k, ``post`` after
+    the last step."""
+
+    inner: list[PolicyGradientData]
+    post: PolicyGradientData
+    returns: list[float]
+    """Mean episode return before adaptation and after each step (``K + 1`` numbers)."""
+
+
+class MAML:
+    """MAML with a vanilla-policy-gradient inner loop and a TRPO outer loop.
+
+    Args:
+        family: the task family to meta-train on.
+        config: a :class:`metarl.config.TrainConfig` (the MAML fields are read).
+        device: where the policy, the inner loops, the updates and the native envs live.
+    """
+
+    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+        self.family = family
+        self.config = config
+        self.device = device
+        self.policy = make_policy(
+            family.observation_space, family.action_space, config.hidden_sizes, config.activation
+        ).to(device)
+        self._envs: dict[int, Any] = {}
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def envs(self, num_envs: int) -> Any:
+        """A vector env with ``num_envs`` sub-envs, built once per size and reused."""
+        if num_envs not in self._envs:
+            self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
+        return self._envs[num_envs]
+
+    def collect(
+        self, tasks: Sequence[Any], params: Params | None, seed: int, episodes_per_task: int | None = None
+    ) -> EpisodeBatch:
+        """Episodes of every task with the meta-parameters (``params=None``) or per-task ``params``."""
+        episodes = episodes_per_task or self.config.episodes_per_task
+        envs = self.envs(len(tasks) * episodes)
+        detached = None if params is None else {name: value.detach() for name, value in params.items()}
+        return collect_episodes(envs, self.family, tasks, episodes, self.policy.act, params=detached, seed=seed)
+
+    def process(self, batch: EpisodeBatch) -> PolicyGradientData:
+        """Advantages for the policy gradient: GAE over the linear feature baseline fitted per task."""
+        returns = discounted_returns(batch.rewards, batch.masks, self.config.gamma)
+        values = fit_and_predict_linear_baseline(batch.observations, returns, batch.masks)
+        advantages = gae(
+            batch.rewards, values, batch.masks, self.config.gamma, self.config.gae_lambda, terminated=batch.terminated
+        )
+        advantages = normalize_advantages(advantages, batch.masks)
+        return PolicyGradientData(batch.observations, batch.actions, advantages, batch.masks)
+
+    # -- inner loop ------------------------------------------------------------------------------------------------
+    def inner_losses(self, params: Params, data: PolicyGradientData) -> torch.Tensor:
+        """REINFORCE loss of every task with its own parameters (leading task dim), shape ``[T]``."""
+        log_probs = self.policy.log_prob(data.observations, data.actions, params)
+        return -_masked_mean_per_task(log_probs * data.advantages, data.masks)
+
+    def step_sizes(self, num_steps: int, evaluation: bool = False) -> list[float]:
+        sizes = list(self.config.eval_step_sizes if evaluation else self.config.inner_step_sizes)
+        return [sizes[min(k, len(sizes) - 1)] for k in range(num_steps)]
+
+    def adapt(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
+        """Adapted parameters of every task (leading task dim) after one step per entry of ``inner``.
+
+        ``create_graph`` keeps the graph of the inner gradients, so that the result can be differentiated through
+        them (second-order MAML); without it the inner gradients are constants (first order).
+        """
+        return self._adapt_with_steps(params, inner, create_graph)[0]
+
+    def _adapt_with_steps(
+        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool
+    ) -> tuple[Params, list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]]]:
+        """:meth:`adapt`, also returning each step's (input parameters, inner gradients, step size).
+
+        With ``create_graph`` the gradients are differentiable in the inputs, so a backward from them with
+        ``grad_outputs=V`` gives every task's inner-loss Hessian times its slice of V at once.
+        """
+        num_tasks = inner[0].observations.shape[0]
+        adapted = batch_params(params, num_tasks)
+        steps = []
+        for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
+            inputs = list(adapted.values())
+            loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
+            grads = torch.autograd.grad(loss, inputs, create_graph=create_graph)
+            steps.append((inputs, grads, step_size))
+            adapted = {
+                name: value - step_size * grad for (name, value), grad in zip(adapted.items(), grads, strict=True)
+            }
+        return adapted, steps
+
+    def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
+        """The reference implementation of :meth:`adapt`: a Python loop over tasks, one at a time."""
+        adapted_per_task = []
+        for t in range(inner[0].observations.shape[0]):
+            task_params = dict(params)
+            for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
+                task_data = PolicyGradientData(*(tensor[t : t + 1] for tensor in data))
+                loss = self.inner_losses(batch_params(task_params, 1), task_data).sum()
+                grads = torch.autograd.grad(loss, list(task_params.values()), create_graph=create_graph)
+                task_params = {
+                    name: value - step_size * g for (name, value), g in zip(task_params.items(), grads, strict=True)
+                }
+            adapted_per_task.append(task_params)
+        return {name: torch.stack([p[name] for p in adapted_per_task]) for name in params}
+
+    def sample(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int, evaluation: bool) -> MetaBatch:
+        """Collect pre-adaptation episodes, adapt step by step collecting after each step (no meta-gradient)."""
+        inner: list[PolicyGradientData] = []
+        returns: list[float] = []
+        params = {name: value.detach() for name, value in self.policy.named_parameters()}
+        adapted: Params | None = None
+        for step_size in [*self.step_sizes(num_steps, evaluation), None]:
+            batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)))
+            returns.append(batch.returns.mean().item())
+            data = self.process(batch)
+            if step_size is None:
+                return MetaBatch(inner, data, returns)
+            inner.append(data)
+            with torch.enable_grad():
+                current = batch_params(params, len(tasks)) if adapted is None else adapted
+                current = {name: value.detach().requires_grad_() for name, value in current.items()}
+                grads = torch.autograd.grad(self.inner_losses(current, data).sum(), list(current.values()))
+                adapted = {
+                    name: (value - step_size * g).detach()
+                    for (name, value), g in zip(current.items(), grads, strict=True)
+                }
+        raise AssertionError("unreachable")
+
+    # -- outer loop ------------------------------------------------------------------------------------------------
+    def surrogate(
+        self, adapted: Params, post: PolicyGradientData, old_log_probs: torch.Tensor, old_distribution: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """TRPO's surrogate loss and mean KL(old ‖ new) on the post-adaptation episodes, averaged over tasks."""
+        distribution = self.policy.distribution(post.observations, adapted)
+        ratio = torch.exp(distribution.log_prob(post.actions) - old_log_probs)
+        loss = -_masked_mean_per_task(ratio * post.advantages, post.masks).mean()
+        return loss, self._mean_kl(distribution, old_distribution, post.masks)
+
+    @staticmethod
+    def _mean_kl(distribution: Any, old_distribution: Any, masks: torch.Tensor) -> torch.Tensor:
+        kl = torch.distributions.kl_divergence(old_distribution, distribution)
+        return _masked_mean_per_task(kl, masks).mean()
+
+    def meta_update(self, batch: MetaBatch) -> dict[str, float]:
+        """One TRPO step on the meta-parameters; restores them if the line search finds no acceptable step."""
+        config = self.config
+        second_order = not config.first_order
+        theta = dict(self.policy.named_parameters())
+        timings: dict[str, float] = {}
+
+        # surrogate gradient, differentiating through the inner loop
+        start = time.perf_counter()
+        adapted, steps = self._adapt_with_steps(theta, batch.inner, create_graph=second_order)
+        old_distribution = self.policy.distribution(batch.post.observations, _detach(adapted))
+        old_log_probs = old_distribution.log_prob(batch.post.actions).detach()
+        old_distribution = _detach_distribution(old_distribution)
+        loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution)
+        gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
+        timings["time/inner_and_gradient_s"] = time.perf_counter() - start
+
+        # natural gradient direction by conjugate gradient on the KL's Hessian Jᵀ F J
+        start = time.perf_counter()
+        hessian_vector_product = self._kl_hessian_vector_product(
+            theta, adapted, steps if second_order else [], batch.post, old_distribution
+        )
+        direction = conjugate_gradient(hessian_vector_product, gradient, iterations=config.cg_iterations)
+        scale = trpo_step_size(direction, hessian_vector_product(direction), config.max_kl)
+        timings["time/conjugate_gradient_s"] = time.perf_counter() - start
+
+        # backtracking line search on the true surrogate and KL, re-adapting at every candidate
+        start = time.perf_counter()
+        old_params = flatten_tensors([value.detach() for value in theta.values()])
+
+        def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
+            candidate_params = {
+                name: value.requires_grad_() for name, value in unflatten_like(candidate, theta).items()
+            }
+            with torch.enable_grad():
+                candidate_adapted = _detach(self.adapt(candidate_params, batch.inner, create_graph=False))
+            with torch.no_grad():
+                candidate_loss, candidate_kl = self.surrogate(
+                    candidate_adapted, batch.post, old_log_probs, old_distribution
+                )
+            return candidate_loss.item(), candidate_kl.item()
+
+        result = line_search(
+            loss_and_kl,
+            old_params,
+            -scale * direction,
+            loss.item(),
+            config.max_kl,
+            backtrack_ratio=config.line_search_backtrack_ratio,
+            max_backtracks=config.line_search_max_steps,
+        )
+        with torch.no_grad():
+            for parameter, value in zip(theta.values(), unflatten_like(result.params, theta).values(), strict=True):
+                parameter.copy_(value)
+        timings["time/line_search_s"] = time.perf_counter() - start
+        return {
+            "losses/surrogate_before": loss.item(),
+            "losses/surrogate_after": result.loss if result.accepted else loss.item(),
+            "losses/kl": result.kl if result.accepted else 0.0,
+            "losses/line_search_accepted": float(result.accepted),
+            "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
+            **timings,
+        }
+
+    def _kl_hessian_vector_product(
+        self,
+        theta: Params,
+        adapted: Params,
+        steps: Sequence[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]],
+        post: PolicyGradientData,
+        old_distribution: Any,
+    ) -> Any:
+        """v ↦ (Jᵀ F J + damping) v at the current meta-parameters (see the module docstring).
+
+        The adaptation is θ'_K = θ'_{K-1} - α_K ∇L_K(θ'_{K-1}), so J = (I - α_K H_K) ⋯ (I - α_1 H_1) with H_k the
+        inner-loss Hessian of step k (per task, symmetric): J v applies the factors in order, Jᵀ u in reverse,
+        each H_k times a batch of per-task vectors being one backward through step k's gradient graph. With no
+        steps (first order) J is the identity. The task dimension of θ'_0 is an expand of θ, whose adjoint sums
+        over tasks.
+        """
+        num_tasks = post.observations.shape[0]
+        adapted_leaf = {name: value.detach().requires_grad_() for name, value in adapted.items()}
+        kl = self._mean_kl(self.policy.distribution(post.observations, adapted_leaf), old_distribution, post.masks)
+        kl_gradient = torch.autograd.grad(kl, list(adapted_leaf.values()), create_graph=True)
+        damping = self.config.cg_damping
+
+        def apply_factor(step: tuple, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            inputs, grads, step_size = step
+            hessian_vectors = torch.autograd.grad(grads, inputs, grad_outputs=list(vectors), retain_graph=True)
+            return [v - step_size * hv for v, hv in zip(vectors, hessian_vectors, strict=True)]
+
+        def product(vector: torch.Tensor) -> torch.Tensor:
+            tangent = [
+                value.unsqueeze(0).expand(num_tasks, *value.shape) for value in unflatten_like(vector, theta).values()
+            ]
+            for step in steps:
+                tangent = apply_factor(step, tangent)
+            directional = sum((g * t).sum() for g, t in zip(kl_gradient, tangent, strict=True))
+            cotangent = list(torch.autograd.grad(directional, list(adapted_leaf.values()), retain_graph=True))
+            for step in reversed(steps):
+                cotangent = apply_factor(step, cotangent)
+            return flatten_tensors([c.sum(dim=0) for c in cotangent]) + damping * vector
+
+        return product
+
+    # -- the meta-agent protocol -----------------------------------------------------------------------------------
+    def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+        """Sample, adapt and meta-update once; returns scalar metrics for the logs."""
+        start = time.perf_counter()
+        batch = self.sample(tasks, rng, self.config.num_inner_steps, evaluation=False)
+        metrics = {"time/sample_s": time.perf_counter() - start}
+        metrics.update(self.meta_update(batch))
+        for k, value in enumerate(batch.returns):
+            metrics["meta/return_pre_adapt" if k == 0 else f"meta/return_step_{k}"] = value
+        return metrics
+
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int) -> list[float]:
+        """Mean episode return on ``tasks`` before adaptation and after each of ``num_steps`` steps."""
+        return self.sample(tasks, rng, num_steps, evaluation=True).returns
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+
+
+def _masked_mean_per_task(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the real steps of each task: ``[T, E, H] -> [T]``."""
+    return (values * masks).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1)
+
+
+def _detach(params: Params) -> Params:
+    return {name: value.detach() for name, value in params.items()}
+
+
+def _detach_distribution(distribution: Any) -> Any:
+    """A copy of a Normal/Independent/Categorical distribution cut from the graph."""
+    if isinstance(distribution, torch.distributions.Independent):
+        return torch.distributions.Independent(
+            _detach_distribution(distribution.base_dist), distribution.reinterpreted_batch_ndims
+        )
+    if isinstance(distribution, torch.distributions.Normal):
+        return torch.distributions.Normal(distribution.loc.detach(), distribution.scale.detach())
+    if isinstance(distribution, torch.distributions.Categorical):
+        return torch.distributions.Categorical(logits=distribution.logits.detach())
+    raise TypeError(f"unsupported distribution {type(distribution).__name__}")

@@ -1,0 +1,212 @@
+"""The training configuration: one dataclass, YAML presets under ``configs/``, command-line overrides.
+
+``load_config(preset, overrides)`` starts from the dataclass defaults, applies a preset (a YAML file of field
+values, read with ``yaml.safe_load``) and then ``key=value`` overrides, and validates the result before any work
+starts. The resolved config is written beside every run as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ALGORITHMS = ("maml-trpo",)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one meta-training run depends on."""
+
+    # -- what to train on --------------------------------------------------------------------------------------------
+    family: str = "MetaRL/Navigation2D-v0"
+    """Registered task family id (``metarl families`` lists them)."""
+    family_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the family (e.g. ``{"horizon": 200}``)."""
+    algo: str = "maml-trpo"
+    """The meta-learning algorithm."""
+    seed: int = 0
+    """Seeds torch, NumPy and Python, the task sampler and the env seeds."""
+    split_seed: int = 0
+    """Seed of the train / validation / test task split (independent of ``seed``)."""
+    num_tasks: int = 2000
+    """Size of the task pool that is split 80 / 10 / 10 into train / validation / test."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``: policy, inner loops, updates and native envs."""
+    threads: int = 1
+    """torch intra-op threads; 1 is fastest for small networks on a shared CPU."""
+
+    # -- the meta-batch ---------------------------------------------------------------------------------------------
+    iterations: int = 100
+    """Meta-iterations (outer updates)."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration."""
+    episodes_per_task: int = 20
+    """Episodes collected per task before and after each adaptation step."""
+
+    # -- policy -----------------------------------------------------------------------------------------------------
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the MLP policy."""
+    activation: str = "tanh"
+    """Hidden activation: ``tanh`` or ``relu``."""
+
+    # -- inner loop -------------------------------------------------------------------------------------------------
+    num_inner_steps: int = 1
+    """Policy-gradient adaptation steps during meta-training."""
+    inner_step_sizes: tuple[float, ...] = (0.1,)
+    """Inner step size α per step (the last one repeats)."""
+    first_order: bool = False
+    """Ignore the second-order terms of the meta-gradient (FO-MAML)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE λ for the advantages (1.0: discounted return minus the linear baseline)."""
+
+    # -- outer loop (TRPO) ------------------------------------------------------------------------------------------
+    max_kl: float = 0.01
+    """TRPO's trust region: the largest mean KL between old and new adapted policies."""
+    cg_iterations: int = 10
+    """Conjugate-gradient iterations for the natural-gradient direction."""
+    cg_damping: float = 1e-5
+    """Damping added to the KL's Hessian-vector products."""
+    line_search_backtrack_ratio: float = 0.8
+    """Step shrink factor of the backtracking line search."""
+    line_search_max_steps: int = 15
+    """Most candidates the line search tries before giving up (and keeping the parameters)."""
+
+    # -- evaluation, logging, checkpoints ---------------------------------------------------------------------------
+    eval_interval: int = 10
+    """Evaluate on validation tasks every this many iterations (and keep the best checkpoint)."""
+    eval_tasks: int = 40
+    """Validation tasks per evaluation (at most the validation split's size)."""
+    eval_steps: int = 3
+    """Adaptation steps at evaluation (returns are reported after 0..eval_steps steps)."""
+    eval_step_sizes: tuple[float, ...] = (0.1, 0.05)
+    """Step sizes at evaluation (the MAML paper halves α after the first step; the last one repeats)."""
+    test_tasks: int = 100
+    """Held-out test tasks of the final evaluation."""
+    checkpoint_interval: int = 10
+    """Write the resumable checkpoint every this many iterations."""
+    run_root: str = "runs"
+    """Folder under which run folders ``<family>__<algo>__<seed>__<time>`` are made."""
+    progress: bool = True
+    """Show a progress line on the terminal."""
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
+
+
+def available_presets() -> list[str]:
+    """Names of the YAML presets under ``configs/``."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the preset (a name under ``configs/`` or a YAML path), then ``key=value`` overrides.
+
+    Raises:
+        ValueError: an unknown preset or field, a value of the wrong type, or an invalid value.
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(available_presets())} or a YAML path")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"preset {path} must hold a mapping of config fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise ValueError(f"override {override!r} must look like key=value")
+        values[key.strip()] = yaml.safe_load(text)
+    return config_from_dict(values)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build and validate a config from field values (as found in a preset or a run's ``config.json``)."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}; allowed: {', '.join(_FIELDS)}")
+    hints = typing.get_type_hints(TrainConfig)
+    converted = {key: _convert(key, value, hints[key]) for key, value in values.items()}
+    config = TrainConfig(**converted)
+    validate(config)
+    return config
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_convert(key, item, item_type) for item in items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"config {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"no conversion for config field {key} of type {hint}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the first invalid field and what is allowed."""
+    if config.algo not in ALGORITHMS:
+        raise ValueError(f"unknown algo {config.algo!r}; allowed: {', '.join(ALGORITHMS)}")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise ValueError(f"unknown device {config.device!r}; allowed: auto, cpu, cuda, cuda:N")
+    if config.activation not in ("tanh", "relu"):
+        raise ValueError(f"unknown activation {config.activation!r}; allowed: tanh, relu")
+    positive_ints = (
+        "iterations meta_batch_size episodes_per_task num_inner_steps cg_iterations line_search_max_steps "
+        "eval_interval eval_tasks test_tasks checkpoint_interval threads num_tasks"
+    )
+    for name in positive_ints.split():
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("seed", "split_seed", "eval_steps"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not config.hidden_sizes or any(size < 1 for size in config.hidden_sizes):
+        raise ValueError(f"hidden_sizes must be positive ints, got {config.hidden_sizes}")
+    for name in ("inner_step_sizes", "eval_step_sizes"):
+        sizes = getattr(config, name)
+        if not sizes or any(not math.isfinite(s) or s <= 0 for s in sizes):
+            raise ValueError(f"{name} must be finite numbers > 0, got {sizes}")
+    for name in ("max_kl", "cg_damping"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0 or (name == "max_kl" and value == 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if not 0.0 < config.line_search_backtrack_ratio < 1.0:
+        raise ValueError(f"line_search_backtrack_ratio must be in (0, 1), got {config.line_search_backtrack_ratio}")
+
+
+def config_to_json(config: TrainConfig) -> str:
+    """The resolved config as JSON (written beside each run)."""
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)

@@ -1,0 +1,31 @@
+"""Run logging: TensorBoard scalars plus a JSON-lines copy of every metric, in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLogger:
+    """A thin wrapper over TensorBoard's ``SummaryWriter`` that also appends metrics to ``metrics.jsonl``.
+
+    Keys are namespaced (``meta/return_step_1``, ``losses/kl``, ``time/sample_s``, ``validation/...``).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self._jsonl = open(run_dir / "metrics.jsonl", "a")
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, iteration)
+        record = {"iteration": iteration, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._jsonl.close()

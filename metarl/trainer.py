@@ -1,0 +1,189 @@
+"""The meta-trainer: one loop for every meta-learning agent.
+
+Each iteration samples a meta-batch of tasks from the *train* split and hands it to the agent, which collects
+pre-adaptation episodes, adapts, collects post-adaptation episodes and meta-updates (``agent.train_step``). Every
+``eval_interval`` iterations the agent is evaluated on *validation* tasks and the best parameters by validation
+return are kept; the final evaluation runs on held-out *test* tasks with those parameters. Checkpoints hold
+everything needed to resume exactly: parameters, every random state, the iteration and the best validation score.
+
+An agent plugs in by providing ``train_step(tasks, rng) -> metrics``, ``evaluate(tasks, rng, num_steps) -> returns
+after 0..num_steps steps``, ``state_dict()`` / ``load_state_dict()`` and a ``policy`` module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.checkpoint import (
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    write_text_atomically,
+)
+from metarl.config import TrainConfig, config_from_dict, config_to_json
+from metarl.device import resolve_device, set_threads
+from metarl.logging import RunLogger
+from metarl.registry import make_family
+from metarl.seeding import seed_everything
+from metarl.tasks import TaskFamily
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    """The run folder: config, metrics, TensorBoard events, checkpoints, results."""
+    test_returns: list[float]
+    """Mean return on held-out test tasks before adaptation and after each evaluation step."""
+    best_validation_return: float
+    """The validation return (after ``num_inner_steps`` steps) of the kept parameters."""
+    iterations: int
+    """Meta-iterations done."""
+    minutes: float
+    """Wall-clock minutes of this invocation."""
+
+
+def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) -> Any:
+    """The agent named by ``config.algo``."""
+    if config.algo == "maml-trpo":
+        from agents.maml import MAML
+
+        return MAML(family, config, device)
+    raise ValueError(f"unknown algo {config.algo!r}")
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, run_dir: str | Path | None = None) -> RunResult:
+    """Meta-train as ``config`` says, or resume the run folder ``resume`` (whose own config is used).
+
+    Everything that can be checked is checked before any work starts: the family id, the policy's support of its
+    action space, the device.
+    """
+    started = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT)
+    device = resolve_device(config.device)
+    set_threads(config.threads)
+    family = make_family(config.family, **config.family_kwargs)
+    split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
+    if config.meta_batch_size > len(split.train):
+        raise ValueError(f"meta_batch_size {config.meta_batch_size} exceeds the {len(split.train)} training tasks")
+    seed_everything(config.seed)
+    agent = make_agent(config, family, device)  # rejects an action space the policy cannot handle
+    task_rng = np.random.default_rng(config.seed)
+
+    start_iteration, best_validation = 0, -math.inf
+    if resume is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        restore_rng_states(checkpoint["rng"], task_rng)
+        start_iteration, best_validation = checkpoint["iteration"], checkpoint["best_validation"]
+        _drop_metrics_after(run_dir / "metrics.jsonl", start_iteration)
+    else:
+        run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        write_text_atomically(run_dir / "config.json", config_to_json(config))
+    logger = RunLogger(run_dir)
+
+    validation_tasks = split.validation[: config.eval_tasks]
+    try:
+        for iteration in range(start_iteration, config.iterations):
+            tasks = [split.train[i] for i in task_rng.choice(len(split.train), config.meta_batch_size, replace=False)]
+            metrics = _guarded_train_step(agent, tasks, task_rng)
+            done = iteration + 1
+            if done % config.eval_interval == 0 or done == config.iterations:
+                returns = agent.evaluate(validation_tasks, task_rng, config.eval_steps)
+                metrics.update({f"validation/return_step_{k}": value for k, value in enumerate(returns)})
+                score = returns[min(config.num_inner_steps, len(returns) - 1)]
+                if score > best_validation:
+                    best_validation = score
+                    save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
+            logger.log(done, metrics)
+            if config.progress:
+                _print_progress(done, config.iterations, metrics)
+            if done % config.checkpoint_interval == 0 or done == config.iterations:
+                state = {
+                    "agent": agent.state_dict(),
+                    "rng": rng_states(task_rng),
+                    "iteration": done,
+                    "best_validation": best_validation,
+                }
+                save_checkpoint(run_dir / LAST_CHECKPOINT, state)
+    finally:
+        logger.close()
+    if config.progress:
+        print(file=sys.stderr)
+
+    # final evaluation on held-out test tasks, with the parameters kept by validation
+    if (run_dir / BEST_CHECKPOINT).is_file():
+        agent.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT)["agent"])
+    test_rng = np.random.default_rng([config.seed, 2**20])
+    test_returns = agent.evaluate(split.test[: config.test_tasks], test_rng, config.eval_steps)
+    result = RunResult(
+        run_dir=run_dir,
+        test_returns=test_returns,
+        best_validation_return=best_validation,
+        iterations=config.iterations,
+        minutes=(time.perf_counter() - started) / 60,
+    )
+    results = {**dataclasses.asdict(result), "run_dir": str(run_dir)}
+    write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2))
+    return result
+
+
+def _guarded_train_step(agent: Any, tasks: list[Any], rng: np.random.Generator) -> dict[str, float]:
+    """One agent step; a step that yields non-finite parameters or metrics is undone, never saved."""
+    before = {name: value.detach().clone() for name, value in agent.policy.state_dict().items()}
+    try:
+        metrics = agent.train_step(tasks, rng)
+        finite = all(math.isfinite(value) for value in metrics.values()) and all(
+            bool(torch.isfinite(value).all()) for value in agent.policy.state_dict().values()
+        )
+    except FloatingPointError as error:
+        metrics, finite = {}, False
+        print(f"skipped a meta-update: {error}", file=sys.stderr)
+    if not finite:
+        agent.policy.load_state_dict(before)
+        metrics = {key: value for key, value in metrics.items() if math.isfinite(value)}
+        metrics["errors/skipped_update"] = 1.0
+    return metrics
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    family = config.family.replace("/", "_")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(config.run_root) / f"{family}__{config.algo}__{config.seed}__{stamp}"
+
+
+def _drop_metrics_after(path: Path, iteration: int) -> None:
+    """On resume, forget the metrics logged after the checkpoint (they will be logged again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
+
+
+def _print_progress(done: int, total: int, metrics: dict[str, float]) -> None:
+    returns = " ".join(
+        f"{key.split('/')[-1].replace('return_', '')} {value:8.2f}"
+        for key, value in metrics.items()
+        if key.startswith("meta/return")
+    )
+    seconds = sum(value for key, value in metrics.items() if key.startswith("time/"))
+    end = "\r" if sys.stderr.isatty() else "\n"
+    print(f"iter {done:5d}/{total}  {returns}  [{seconds:.2f} s/it]", end=end, file=sys.stderr, flush=True)
