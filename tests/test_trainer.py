@@ -1,0 +1,199 @@
+"""The meta-trainer: determinism, exact resume after SIGKILL, NaN safety, config validation before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401 - registers the families
+from metarl import MetaEnv, TaskFamily, register_family
+from metarl.checkpoint import load_checkpoint
+from metarl.config import config_from_dict, load_config
+from metarl.trainer import LAST_CHECKPOINT, _guarded_train_step, train
+
+TINY = {
+    "family_kwargs": {"horizon": 10},
+    "iterations": 4,
+    "meta_batch_size": 3,
+    "episodes_per_task": 3,
+    "hidden_sizes": [16],
+    "eval_interval": 2,
+    "eval_tasks": 3,
+    "eval_steps": 1,
+    "test_tasks": 3,
+    "checkpoint_interval": 2,
+    "progress": False,
+}
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    return config_from_dict({**TINY, "run_root": str(tmp_path), **overrides})
+
+
+def metrics_without_timings(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if not k.startswith("time/")} for record in records]
+
+
+def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / LAST_CHECKPOINT)["agent"]["policy"]
+
+
+def test_same_seed_and_config_give_identical_metrics(tmp_path):
+    first = train(tiny_config(tmp_path / "a"))
+    second = train(tiny_config(tmp_path / "b"))
+    assert metrics_without_timings(first.run_dir) == metrics_without_timings(second.run_dir)
+    assert first.test_returns == second.test_returns
+    for name, value in final_parameters(first.run_dir).items():
+        assert torch.equal(value, final_parameters(second.run_dir)[name])
+    other_seed = train(tiny_config(tmp_path / "c", seed=1))
+    assert metrics_without_timings(other_seed.run_dir) != metrics_without_timings(first.run_dir)
+
+
+def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
+    result = train(tiny_config(tmp_path))
+    names = {path.name for path in result.run_dir.iterdir()}
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt", "results.json"} <= names
+    assert any(name.startswith("events.out.tfevents") for name in names)
+    assert json.loads((result.run_dir / "config.json").read_text())["meta_batch_size"] == 3
+    records = metrics_without_timings(result.run_dir)
+    assert [record["iteration"] for record in records] == [1, 2, 3, 4]
+    assert "validation/return_step_1" in records[1] and "validation/return_step_1" not in records[0]
+
+
+def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
+    """SIGKILL a training process after its first checkpoint; resuming reaches the uninterrupted run's result."""
+    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY.items() if key != "progress"]
+    overrides += ["iterations=8", "progress=false"]
+    reference = train(load_config(None, [*overrides, f"run_root={tmp_path / 'reference'}"]))
+
+    killed_root = tmp_path / "killed"
+    command = [sys.executable, "-m", "metarl", "train", *overrides, f"run_root={killed_root}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and not list(killed_root.glob(f"*/{LAST_CHECKPOINT}")):
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    (run_dir,) = killed_root.iterdir()
+    iteration_at_kill = load_checkpoint(run_dir / LAST_CHECKPOINT)["iteration"]
+    assert iteration_at_kill < 8
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "metarl", "train", "--resume", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    for name, value in final_parameters(reference.run_dir).items():
+        assert torch.equal(value, final_parameters(run_dir)[name]), name
+    assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
+
+
+class _CorruptingAgent:
+    """Wraps an agent; its train step writes NaN into the policy parameters."""
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        self.policy = policy
+
+    def train_step(self, tasks, rng):
+        with torch.no_grad():
+            next(self.policy.parameters()).fill_(float("nan"))
+        return {"losses/kl": float("nan")}
+
+
+def test_a_nan_update_is_undone_and_reported():
+    policy = torch.nn.Linear(2, 2)
+    before = {name: value.clone() for name, value in policy.state_dict().items()}
+    metrics = _guarded_train_step(_CorruptingAgent(policy), [], np.random.default_rng(0))
+    assert metrics == {"errors/skipped_update": 1.0}
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_nan_parameters_are_never_saved(tmp_path, monkeypatch):
+    from agents.maml import MAML
+
+    original = MAML.meta_update
+    calls = {"count": 0}
+
+    def sometimes_corrupt(self, batch):
+        calls["count"] += 1
+        metrics = original(self, batch)
+        if calls["count"] == 2:
+            with torch.no_grad():
+                next(self.policy.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(MAML, "meta_update", sometimes_corrupt)
+    result = train(tiny_config(tmp_path))
+    assert all(torch.isfinite(value).all() for value in final_parameters(result.run_dir).values())
+    records = metrics_without_timings(result.run_dir)
+    assert records[1].get("errors/skipped_update") == 1.0
+    assert "errors/skipped_update" not in records[0]
+
+
+class _MultiDiscreteFamily(TaskFamily):
+    """A family whose action space the MLP policies do not support."""
+
+    name = "MultiDiscreteProbe"
+    task_type = type(None)
+    env_class = MetaEnv
+
+    def __init__(self) -> None:
+        self.horizon = 5
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete([2, 3])
+
+    def sample_tasks(self, rng, num_tasks):
+        return [
+            dataclasses.make_dataclass("ProbeTask", [("x", float)], frozen=True)(float(v))
+            for v in rng.random(num_tasks)
+        ]
+
+    def _check_task_values(self, task):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["inner_step_sizes=[-0.1]"], "inner_step_sizes must be finite numbers > 0"),
+        (["family=MetaRL/Navigaton2D-v0"], "did you mean MetaRL/Navigation2D-v0"),
+        (["algo=reptile-xl"], "unknown algo 'reptile-xl'"),
+        (["meta_batch_size=0"], "meta_batch_size must be >= 1, got 0"),
+        (["max_kl=-1"], "max_kl must be a finite number > 0"),
+        (["no_such_field=3"], "unknown config fields ['no_such_field']"),
+        (["seed=abc"], "config seed must be an integer, got 'abc'"),
+        (["family=MetaRL/MultiDiscreteProbe-v0"], "MultiDiscrete"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_work(tmp_path, overrides, message):
+    register_family(_MultiDiscreteFamily)
+    with pytest.raises(ValueError) as error:
+        train(load_config(None, [*overrides, f"run_root={tmp_path}"]))
+    assert message in str(error.value)
+    assert not any(tmp_path.iterdir()), "a run folder was created for a rejected config"
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ValueError, match="unknown preset 'nope'; available: navigation2d-maml-trpo"):
+        load_config("nope")
+
+
+def test_preset_and_overrides_compose():
+    config = load_config("navigation2d-maml-trpo", ["iterations=7", "inner_step_sizes=[0.2, 0.1]"])
+    assert config.iterations == 7 and config.inner_step_sizes == (0.2, 0.1)
+    assert config.meta_batch_size == 20 and config.max_kl == 0.01 and config.cg_damping == 1e-5
