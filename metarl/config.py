@@ -44,8 +44,8 @@ class TrainConfig:
     """torch intra-op threads; 1 is fastest for small networks on a shared CPU."""
 
     # -- the meta-batch ---------------------------------------------------------------------------------------------
-    iterations: int = 100
-    """Meta-iterations (outer updates)."""
+    iterations: int = 80
+    """Meta-iterations (outer updates). The default run takes about 6 minutes on a 2-core CPU."""
     meta_batch_size: int = 20
     """Tasks per meta-iteration."""
     episodes_per_task: int = 20
@@ -82,7 +82,7 @@ class TrainConfig:
     """Most candidates the line search tries before giving up (and keeping the parameters)."""
 
     # -- evaluation, logging, checkpoints ---------------------------------------------------------------------------
-    eval_interval: int = 10
+    eval_interval: int = 20
     """Evaluate on validation tasks every this many iterations (and keep the best checkpoint)."""
     eval_tasks: int = 40
     """Validation tasks per evaluation (at most the validation split's size)."""
