@@ -58,6 +58,7 @@ IMPLEMENTATIONS = ("native_numpy", "native_tensor", "sync")
 DEFAULT_NUM_ENVS = (1, 64, 1024)
 QUICK_NUM_ENVS = (1, 64)
 DEFAULT_REPEATS = 5
+DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 DEFAULT_OUT = Path("benchmarks/env_steps.json")
 
 
@@ -344,7 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="tiny budget for a smoke test: 1 repeat, few steps, 1 and 64 sub-envs"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON results (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--maml",
+        action="store_true",
+        help="instead of env steps, time MAML-TRPO meta-iterations of the Navigation2D paper preset, split into "
+        f"phases, batched vs a per-task loop (default --out {DEFAULT_MAML_OUT})",
+    )
+    parser.add_argument("--maml-iterations", type=int, default=3, help="timed meta-iterations per implementation")
     return parser
 
 
@@ -381,7 +389,7 @@ def build_config(args: argparse.Namespace) -> Config:
         threads=args.threads,
         seed=args.seed,
         budget=budget,
-        out=args.out,
+        out=args.out or DEFAULT_OUT,
     )
 
 
@@ -398,6 +406,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.maml:
+        if args.maml_iterations < 1:
+            parser.error(f"--maml-iterations must be a positive integer, got {args.maml_iterations}")
+        return benchmark_maml(args, argv)
     try:
         config = build_config(args)
     except ValueError as error:
@@ -436,6 +448,134 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json_atomic(config.out, data)
     print(f"wrote {config.out} ({data['wall_seconds']:.1f} s)")
     return data
+
+
+# -- MAML meta-iterations -------------------------------------------------------------------------------------------
+MAML_PHASES = ("sample_s", "inner_and_gradient_s", "conjugate_gradient_s", "line_search_s")
+
+
+def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Seconds per MAML-TRPO meta-iteration of the Navigation2D paper preset, by phase, for two implementations.
+
+    ``batched``: the suite's MAML (all tasks sampled, adapted and differentiated at once; KL curvature as JᵀFJ).
+    ``per_task``: the same algorithm written as a loop over tasks, the shape of the reference implementations:
+    each task sampled with its own E sub-envs, adapted on its own, and the KL's Hessian-vector product by double
+    backward through the per-task adaptations. Both run the same number of meta-iterations from the same seed.
+    """
+    from agents.maml import MAML
+    from metarl.config import load_config
+    from metarl.registry import make_family
+    from metarl.seeding import seed_everything
+
+    torch.set_num_threads(args.threads)
+    overrides = ["meta_batch_size=4", "episodes_per_task=4"] if args.quick else []
+    config = load_config("navigation2d-maml-trpo", overrides)
+    family = make_family(config.family)
+    split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
+    data: dict[str, Any] = {
+        "machine": machine_info(torch.device("cpu")),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"preset": "navigation2d-maml-trpo", "overrides": overrides, "iterations": args.maml_iterations},
+        "results": {},
+    }
+    for implementation in ("batched", "per_task"):
+        seed_everything(args.seed)
+        agent = MAML(family, config, torch.device("cpu"))
+        rng = np.random.default_rng(args.seed)
+        records = []
+        for _ in range(args.maml_iterations):
+            tasks = [split.train[i] for i in rng.choice(len(split.train), config.meta_batch_size, replace=False)]
+            step = _batched_meta_iteration if implementation == "batched" else _per_task_meta_iteration
+            records.append(step(agent, tasks, rng))
+        summary = {phase: statistics.median(r[phase] for r in records) for phase in MAML_PHASES}
+        summary["total_s"] = statistics.median(sum(r[p] for p in MAML_PHASES) for r in records)
+        data["results"][implementation] = {"median": summary, "iterations": records}
+        cells = "  ".join(f"{phase.removesuffix('_s')} {summary[phase]:.3f}" for phase in MAML_PHASES)
+        print(f"{implementation:9s} total {summary['total_s']:.3f} s/iteration  ({cells})", flush=True)
+    batched, per_task = data["results"]["batched"]["median"], data["results"]["per_task"]["median"]
+    data["speedup_total"] = per_task["total_s"] / batched["total_s"]
+    print(f"batched is {data['speedup_total']:.1f}x faster per meta-iteration")
+    out = args.out or DEFAULT_MAML_OUT
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data
+
+
+def _batched_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+    start = time.perf_counter()
+    batch = agent.sample(tasks, rng, agent.config.num_inner_steps, evaluation=False)
+    timings = {"sample_s": time.perf_counter() - start}
+    metrics = agent.meta_update(batch)
+    timings.update({phase: metrics[f"time/{phase}"] for phase in MAML_PHASES[1:]})
+    return timings
+
+
+def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+    from agents.maml import _detach, _detach_distribution
+    from metarl.optim import conjugate_gradient, flatten_tensors, line_search, trpo_step_size, unflatten_like
+
+    config = agent.config
+    start = time.perf_counter()
+    batches = [agent.sample([task], rng, config.num_inner_steps, evaluation=False) for task in tasks]
+    timings = {"sample_s": time.perf_counter() - start}
+
+    start = time.perf_counter()
+    theta = dict(agent.policy.named_parameters())
+    olds = []
+    for batch in batches:
+        adapted = agent.adapt_per_task(theta, batch.inner, create_graph=False)
+        old = agent.policy.distribution(batch.post.observations, _detach(adapted))
+        olds.append((old.log_prob(batch.post.actions).detach(), _detach_distribution(old)))
+
+    def total(params: dict[str, torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, kls = [], []
+        for batch, (old_log_probs, old) in zip(batches, olds, strict=True):
+            adapted = agent.adapt_per_task(params, batch.inner, create_graph=create_graph)
+            loss, kl = agent.surrogate(adapted, batch.post, old_log_probs, old)
+            losses.append(loss)
+            kls.append(kl)
+        return torch.stack(losses).mean(), torch.stack(kls).mean()
+
+    loss, _ = total(theta, create_graph=True)
+    gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values())))
+    timings["inner_and_gradient_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    _, kl = total(theta, create_graph=True)
+    kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
+
+    def hessian_vector_product(vector: torch.Tensor) -> torch.Tensor:
+        product = torch.autograd.grad(kl_gradient @ vector, list(theta.values()), retain_graph=True)
+        return flatten_tensors(product) + config.cg_damping * vector
+
+    direction = conjugate_gradient(hessian_vector_product, gradient, iterations=config.cg_iterations)
+    scale = trpo_step_size(direction, hessian_vector_product(direction), config.max_kl)
+    timings["conjugate_gradient_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    old_params = flatten_tensors([value.detach() for value in theta.values()])
+
+    def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
+        params = {name: value.requires_grad_() for name, value in unflatten_like(candidate, theta).items()}
+        with torch.enable_grad():
+            candidate_loss, candidate_kl = total(params, create_graph=False)
+        return candidate_loss.item(), candidate_kl.item()
+
+    result = line_search(
+        loss_and_kl,
+        old_params,
+        -scale * direction,
+        loss.item(),
+        config.max_kl,
+        config.line_search_backtrack_ratio,
+        config.line_search_max_steps,
+    )
+    with torch.no_grad():
+        for parameter, value in zip(theta.values(), unflatten_like(result.params, theta).values(), strict=True):
+            parameter.copy_(value)
+    timings["line_search_s"] = time.perf_counter() - start
+    return timings
 
 
 if __name__ == "__main__":

@@ -35,3 +35,16 @@ def test_quick_benchmark_writes_rates_and_ratios(tmp_path: Path) -> None:
     assert len(data["ratios"]) == 2
     for ratio in data["ratios"]:
         assert ratio["native_numpy_over_sync"] > 0 and ratio["native_tensor_over_sync"] > 0
+
+
+def test_quick_maml_benchmark_times_every_phase_of_both_implementations(tmp_path: Path) -> None:
+    out = tmp_path / "maml.json"
+    load_script().main(["--maml", "--quick", "--maml-iterations", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"batched", "per_task"}
+    for implementation in data["results"].values():
+        median = implementation["median"]
+        assert set(median) == {"sample_s", "inner_and_gradient_s", "conjugate_gradient_s", "line_search_s", "total_s"}
+        assert all(value > 0 for value in median.values())
+        assert median["total_s"] >= median["conjugate_gradient_s"]
+    assert data["speedup_total"] > 0
