@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -215,8 +216,14 @@ class MAML:
 
         # natural gradient direction by conjugate gradient on the KL's Hessian Jᵀ F J
         start = time.perf_counter()
+        curvature_steps, curvature_post = self._curvature_data(adapted, steps, batch, second_order)
+        curvature_old = old_distribution
+        if curvature_post is not batch.post:  # the old policy on the subsampled episodes (equal to the current one)
+            curvature_old = _detach_distribution(
+                self.policy.distribution(curvature_post.observations, _detach(adapted))
+            )
         hessian_vector_product = self._kl_hessian_vector_product(
-            theta, adapted, steps if second_order else [], batch.post, old_distribution
+            theta, adapted, curvature_steps, curvature_post, curvature_old
         )
         direction = conjugate_gradient(hessian_vector_product, gradient, iterations=config.cg_iterations)
         scale = trpo_step_size(direction, hessian_vector_product(direction), config.max_kl)
@@ -259,6 +266,34 @@ class MAML:
             "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
             **timings,
         }
+
+    def _curvature_data(
+        self, adapted: Params, steps: list, batch: MetaBatch, second_order: bool
+    ) -> tuple[list, PolicyGradientData]:
+        """The inner steps and post-adaptation episodes the KL's curvature is computed on.
+
+        Exact (``curvature_fraction == 1``): the adaptation's own graph and every episode. Otherwise the first
+        share of each task's episodes: each step's inner gradient is recomputed on those episodes at the same
+        parameters, and the Fisher is taken on the same share of the post-adaptation episodes.
+        """
+        if not second_order:
+            steps = []
+        fraction = self.config.curvature_fraction
+        if fraction >= 1.0:
+            return steps, batch.post
+        episodes = batch.post.observations.shape[1]
+        keep = max(1, math.ceil(fraction * episodes))
+
+        def subsample(data: PolicyGradientData) -> PolicyGradientData:
+            return PolicyGradientData(*(tensor[:, :keep] for tensor in data))
+
+        subsampled_steps = []
+        for (inputs, _, step_size), data in zip(steps, batch.inner, strict=True):
+            leaves = {name: value.detach().requires_grad_() for name, value in zip(adapted, inputs, strict=True)}
+            loss = self.inner_losses(leaves, subsample(data)).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+            subsampled_steps.append((list(leaves.values()), grads, step_size))
+        return subsampled_steps, subsample(batch.post)
 
     def _kl_hessian_vector_product(
         self,

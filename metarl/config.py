@@ -76,6 +76,9 @@ class TrainConfig:
     """Conjugate-gradient iterations for the natural-gradient direction."""
     cg_damping: float = 1e-5
     """Damping added to the KL's Hessian-vector products."""
+    curvature_fraction: float = 1.0
+    """Share of each task's episodes the KL's curvature is computed on (1.0: exact; the fast mode uses 0.25).
+    The gradient, the adaptation and the line search always use every episode."""
     line_search_backtrack_ratio: float = 0.8
     """Step shrink factor of the backtracking line search."""
     line_search_max_steps: int = 15
@@ -203,6 +206,8 @@ def validate(config: TrainConfig) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if not 0.0 < config.curvature_fraction <= 1.0:
+        raise ValueError(f"curvature_fraction must be in (0, 1], got {config.curvature_fraction}")
     if not 0.0 < config.line_search_backtrack_ratio < 1.0:
         raise ValueError(f"line_search_backtrack_ratio must be in (0, 1), got {config.line_search_backtrack_ratio}")
 

@@ -156,3 +156,25 @@ def test_maml_improves_after_one_step_on_held_out_navigation_tasks(tmp_path):
     before, after_one_step = result.test_returns
     # held-out test tasks: one policy-gradient step must help by a clear margin (seed 0 gives about 10)
     assert after_one_step > before + 3.0, result.test_returns
+
+
+def test_fast_mode_curvature_is_symmetric_positive_definite_and_cheaper_data():
+    agent, batch = make_agent(num_inner_steps=1)
+    agent.config.curvature_fraction = 0.5
+    theta = dict(agent.policy.named_parameters())
+    adapted, steps = agent._adapt_with_steps(theta, batch.inner, create_graph=True)
+    curvature_steps, curvature_post = agent._curvature_data(adapted, steps, batch, second_order=True)
+    assert curvature_post.observations.shape[1] == 1  # half of 2 episodes per task
+    old = _detach_distribution(agent.policy.distribution(curvature_post.observations, _detach(adapted)))
+    product = agent._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post, old)
+    generator = torch.Generator().manual_seed(7)
+    size = sum(value.numel() for value in theta.values())
+    u, v = (torch.randn(size, generator=generator, dtype=torch.float64) for _ in range(2))
+    assert (u @ product(v)).item() == pytest.approx((v @ product(u)).item(), rel=1e-8)
+    assert v @ product(v) > 0
+    # and the whole meta-update runs and moves the parameters within the trust region
+    before = flatten_tensors([value.detach().clone() for value in theta.values()])
+    metrics = agent.meta_update(batch)
+    assert metrics["losses/line_search_accepted"] == 1.0
+    assert metrics["losses/kl"] <= agent.config.max_kl
+    assert not torch.equal(before, flatten_tensors([value.detach() for value in theta.values()]))
