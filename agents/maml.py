@@ -59,6 +59,8 @@ class MetaBatch(NamedTuple):
     post: PolicyGradientData
     returns: list[float]
     """Mean episode return before adaptation and after each step (``K + 1`` numbers)."""
+    adapted: Params | None
+    """Each task's parameters after the last step (leading task dim), as used to collect ``post``."""
 
 
 class MAML:
@@ -77,6 +79,21 @@ class MAML:
         self.policy = make_policy(
             family.observation_space, family.action_space, config.hidden_sizes, config.activation
         ).to(device)
+        self.learned_step_sizes: torch.nn.ParameterDict | None = None
+        if config.meta_sgd:
+            # Meta-SGD: one learned inner step size per parameter entry, starting at the configured α
+            self.learned_step_sizes = torch.nn.ParameterDict(
+                {
+                    name.replace(".", "__"): torch.nn.Parameter(torch.full_like(value, config.inner_step_sizes[0]))
+                    for name, value in self.policy.named_parameters()
+                }
+            ).to(device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        if config.algo == "maml-ppo":
+            parameters = list(self.policy.parameters())
+            if self.learned_step_sizes is not None:
+                parameters += list(self.learned_step_sizes.parameters())
+            self.optimizer = torch.optim.Adam(parameters, lr=config.ppo_learning_rate)
         self._envs: dict[int, Any] = {}
 
     # -- data ------------------------------------------------------------------------------------------------------
@@ -111,6 +128,15 @@ class MAML:
         log_probs = self.policy.log_prob(data.observations, data.actions, params)
         return -_masked_mean_per_task(log_probs * data.advantages, data.masks)
 
+    def _inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float) -> Params:
+        """θ - α g for every parameter: α the configured step size, or Meta-SGD's learned per-entry one."""
+        if self.learned_step_sizes is None:
+            return {name: value - step_size * g for (name, value), g in zip(params.items(), grads, strict=True)}
+        return {
+            name: value - self.learned_step_sizes[name.replace(".", "__")] * g
+            for (name, value), g in zip(params.items(), grads, strict=True)
+        }
+
     def step_sizes(self, num_steps: int, evaluation: bool = False) -> list[float]:
         sizes = list(self.config.eval_step_sizes if evaluation else self.config.inner_step_sizes)
         return [sizes[min(k, len(sizes) - 1)] for k in range(num_steps)]
@@ -139,9 +165,7 @@ class MAML:
             loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
             grads = torch.autograd.grad(loss, inputs, create_graph=create_graph)
             steps.append((inputs, grads, step_size))
-            adapted = {
-                name: value - step_size * grad for (name, value), grad in zip(adapted.items(), grads, strict=True)
-            }
+            adapted = self._inner_update(adapted, grads, step_size)
         return adapted, steps
 
     def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
@@ -153,9 +177,7 @@ class MAML:
                 task_data = PolicyGradientData(*(tensor[t : t + 1] for tensor in data))
                 loss = self.inner_losses(batch_params(task_params, 1), task_data).sum()
                 grads = torch.autograd.grad(loss, list(task_params.values()), create_graph=create_graph)
-                task_params = {
-                    name: value - step_size * g for (name, value), g in zip(task_params.items(), grads, strict=True)
-                }
+                task_params = self._inner_update(task_params, grads, step_size)
             adapted_per_task.append(task_params)
         return {name: torch.stack([p[name] for p in adapted_per_task]) for name in params}
 
@@ -170,16 +192,13 @@ class MAML:
             returns.append(batch.returns.mean().item())
             data = self.process(batch)
             if step_size is None:
-                return MetaBatch(inner, data, returns)
+                return MetaBatch(inner, data, returns, adapted)
             inner.append(data)
             with torch.enable_grad():
                 current = batch_params(params, len(tasks)) if adapted is None else adapted
                 current = {name: value.detach().requires_grad_() for name, value in current.items()}
                 grads = torch.autograd.grad(self.inner_losses(current, data).sum(), list(current.values()))
-                adapted = {
-                    name: (value - step_size * g).detach()
-                    for (name, value), g in zip(current.items(), grads, strict=True)
-                }
+                adapted = _detach(self._inner_update(current, grads, step_size))
         raise AssertionError("unreachable")
 
     # -- outer loop ------------------------------------------------------------------------------------------------
@@ -198,6 +217,48 @@ class MAML:
         return _masked_mean_per_task(kl, masks).mean()
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
+        """One outer update of the meta-parameters: TRPO (``maml-trpo``) or PPO epochs (``maml-ppo``)."""
+        if self.config.algo == "maml-ppo":
+            return self._ppo_update(batch)
+        return self._trpo_update(batch)
+
+    def _ppo_update(self, batch: MetaBatch) -> dict[str, float]:
+        """MAML-PPO: Adam epochs on the clipped post-adaptation surrogate, re-adapting (and differentiating through
+        the inner loop) at every epoch; with ``ppo_kl_coeff`` > 0, ProMP's penalty on the KL between the old and
+        new pre-adaptation policies."""
+        config = self.config
+        start = time.perf_counter()
+        theta = dict(self.policy.named_parameters())
+        old_distribution = _detach_distribution(
+            self.policy.distribution(batch.post.observations, _detach(self.adapt(theta, batch.inner, False)))
+        )
+        old_log_probs = old_distribution.log_prob(batch.post.actions)
+        pre = batch.inner[0]
+        old_pre_distribution = _detach_distribution(self.policy.distribution(pre.observations, _detach(theta)))
+        for _ in range(config.ppo_epochs):
+            adapted = self.adapt(theta, batch.inner, create_graph=not config.first_order)
+            distribution = self.policy.distribution(batch.post.observations, adapted)
+            ratio = torch.exp(distribution.log_prob(batch.post.actions) - old_log_probs)
+            clipped_ratio = ratio.clamp(1.0 - config.ppo_clip, 1.0 + config.ppo_clip)
+            objective = torch.min(ratio * batch.post.advantages, clipped_ratio * batch.post.advantages)
+            loss = -_masked_mean_per_task(objective, batch.post.masks).mean()
+            if config.ppo_kl_coeff > 0:
+                pre_distribution = self.policy.distribution(pre.observations, theta)
+                loss = loss + config.ppo_kl_coeff * self._mean_kl(pre_distribution, old_pre_distribution, pre.masks)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            clip_fraction = _masked_mean_per_task(((ratio - 1.0).abs() > config.ppo_clip).float(), batch.post.masks)
+            kl = self._mean_kl(distribution, old_distribution, batch.post.masks)
+        return {
+            "losses/ppo_loss": loss.item(),
+            "losses/kl": kl.item(),
+            "losses/clip_fraction": clip_fraction.mean().item(),
+            "time/outer_update_s": time.perf_counter() - start,
+        }
+
+    def _trpo_update(self, batch: MetaBatch) -> dict[str, float]:
         """One TRPO step on the meta-parameters; restores them if the line search finds no acceptable step."""
         config = self.config
         second_order = not config.first_order
@@ -352,10 +413,19 @@ class MAML:
         return self.sample(tasks, rng, num_steps, evaluation=True).returns
 
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.state_dict()}
+        state: dict[str, Any] = {"policy": self.policy.state_dict()}
+        if self.learned_step_sizes is not None:
+            state["learned_step_sizes"] = self.learned_step_sizes.state_dict()
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
+        if self.learned_step_sizes is not None:
+            self.learned_step_sizes.load_state_dict(state["learned_step_sizes"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
 
 
 def _masked_mean_per_task(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("maml-trpo",)
+ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile")
 
 
 @dataclasses.dataclass
@@ -31,7 +31,7 @@ class TrainConfig:
     family_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the family (e.g. ``{"horizon": 200}``)."""
     algo: str = "maml-trpo"
-    """The meta-learning algorithm."""
+    """The meta-learning algorithm: ``maml-trpo``, ``maml-ppo`` (ProMP with ``ppo_kl_coeff`` > 0) or ``reptile``."""
     seed: int = 0
     """Seeds torch, NumPy and Python, the task sampler and the env seeds."""
     split_seed: int = 0
@@ -64,6 +64,8 @@ class TrainConfig:
     """Inner step size α per step (the last one repeats)."""
     first_order: bool = False
     """Ignore the second-order terms of the meta-gradient (FO-MAML)."""
+    meta_sgd: bool = False
+    """Meta-SGD: learn one inner step size per parameter entry (starting at ``inner_step_sizes[0]``); maml-ppo only."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 1.0
@@ -83,6 +85,18 @@ class TrainConfig:
     """Step shrink factor of the backtracking line search."""
     line_search_max_steps: int = 15
     """Most candidates the line search tries before giving up (and keeping the parameters)."""
+
+    # -- outer loop (PPO, Reptile) ---------------------------------------------------------------------------------
+    ppo_epochs: int = 5
+    """maml-ppo: Adam epochs per meta-iteration, each re-adapting through the inner loop."""
+    ppo_clip: float = 0.2
+    """maml-ppo: the clip range of the probability ratio."""
+    ppo_learning_rate: float = 1e-3
+    """maml-ppo: Adam's learning rate for the meta-parameters (and Meta-SGD's step sizes)."""
+    ppo_kl_coeff: float = 0.0
+    """maml-ppo: weight of ProMP's penalty on KL(old ‖ new) of the pre-adaptation policy (0: plain MAML-PPO)."""
+    reptile_step_size: float = 0.5
+    """reptile: the fraction of the way the meta-parameters move toward the mean adapted parameters."""
 
     # -- evaluation, logging, checkpoints ---------------------------------------------------------------------------
     eval_interval: int = 20
@@ -206,6 +220,16 @@ def validate(config: TrainConfig) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if config.meta_sgd and config.algo != "maml-ppo":
+        raise ValueError(f"meta_sgd needs algo maml-ppo (its step sizes are learned by Adam), got algo {config.algo}")
+    if config.ppo_epochs < 1:
+        raise ValueError(f"ppo_epochs must be >= 1, got {config.ppo_epochs}")
+    for name in ("ppo_clip", "ppo_learning_rate", "reptile_step_size"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if not math.isfinite(config.ppo_kl_coeff) or config.ppo_kl_coeff < 0:
+        raise ValueError(f"ppo_kl_coeff must be a finite number >= 0, got {config.ppo_kl_coeff}")
     if not 0.0 < config.curvature_fraction <= 1.0:
         raise ValueError(f"curvature_fraction must be in (0, 1], got {config.curvature_fraction}")
     if not 0.0 < config.line_search_backtrack_ratio < 1.0:

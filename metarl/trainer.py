@@ -60,10 +60,14 @@ class RunResult:
 
 def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) -> Any:
     """The agent named by ``config.algo``."""
-    if config.algo == "maml-trpo":
+    if config.algo in ("maml-trpo", "maml-ppo"):
         from agents.maml import MAML
 
         return MAML(family, config, device)
+    if config.algo == "reptile":
+        from agents.reptile import Reptile
+
+        return Reptile(family, config, device)
     raise ValueError(f"unknown algo {config.algo!r}")
 
 

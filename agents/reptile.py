@@ -1,0 +1,31 @@
+"""Reptile for RL: adapt each task with policy-gradient steps, then move the meta-parameters toward the results.
+
+The cheap first-order alternative to MAML: no meta-gradient at all. It shares MAML's sampling and inner loop
+(:class:`agents.maml.MAML`) and replaces the outer update by θ ← θ + ε · mean_t(θ'_t - θ).
+
+References:
+    Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from agents.maml import MAML, MetaBatch
+
+
+class Reptile(MAML):
+    """Reptile: the outer step moves θ a fraction ``reptile_step_size`` of the way to the mean adapted parameters."""
+
+    def meta_update(self, batch: MetaBatch) -> dict[str, float]:
+        start = time.perf_counter()
+        step_size = self.config.reptile_step_size
+        with torch.no_grad():
+            distance = 0.0
+            for name, parameter in self.policy.named_parameters():
+                difference = batch.adapted[name].mean(dim=0) - parameter
+                parameter.add_(step_size * difference)
+                distance += float(difference.pow(2).sum())
+        return {"losses/adaptation_distance": distance**0.5, "time/outer_update_s": time.perf_counter() - start}
