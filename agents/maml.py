@@ -1,4 +1,4 @@
-"""MAML-RL: policy-gradient inner loop, TRPO outer loop, batched over the tasks of a meta-batch.
+"""MAML-RL: policy-gradient inner loop, TRPO or PPO outer loop, batched over the tasks of a meta-batch.
 
 One meta-iteration, as in the paper's Algorithm 3:
 
@@ -64,7 +64,15 @@ class MetaBatch(NamedTuple):
 
 
 class MAML:
-    """MAML with a vanilla-policy-gradient inner loop and a TRPO outer loop.
+    """MAML with a vanilla-policy-gradient inner loop and a TRPO (``maml-trpo``) or PPO (``maml-ppo``) outer loop.
+
+    Options: ``first_order`` (FO-MAML), ``meta_sgd`` (learned per-parameter inner step sizes, PPO outer loop),
+    ``ppo_kl_coeff`` (ProMP's KL penalty on the pre-adaptation policy), ``curvature_fraction`` (TRPO's curvature on
+    a share of the episodes: the fast mode).
+
+    References:
+        Finn et al. 2017 (MAML); Li et al. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", 2017;
+        Rothfuss et al. "ProMP: Proximal Meta-Policy Search", ICLR 2019.
 
     Args:
         family: the task family to meta-train on.
