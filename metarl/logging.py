@@ -15,8 +15,10 @@ class RunLogger:
     Keys are namespaced (``meta/return_step_1``, ``losses/kl``, ``time/sample_s``, ``validation/...``).
     """
 
-    def __init__(self, run_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
+        # on resume, TensorBoard drops the events logged after the checkpoint (they are logged again)
+        purge_step = None if resume_after is None else resume_after + 1
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a")
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:

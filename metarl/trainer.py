@@ -102,7 +102,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, run_dir: str | 
         run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
         run_dir.mkdir(parents=True, exist_ok=False)
         write_text_atomically(run_dir / "config.json", config_to_json(config))
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, resume_after=start_iteration if resume is not None else None)
 
     validation_tasks = split.validation[: config.eval_tasks]
     try:
