@@ -253,6 +253,8 @@ class MAML:
             if config.ppo_kl_coeff > 0:
                 pre_distribution = self.policy.distribution(pre.observations, theta)
                 loss = loss + config.ppo_kl_coeff * self._mean_kl(pre_distribution, old_pre_distribution, pre.masks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite PPO loss ({loss.item()}); update skipped")
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -281,6 +283,8 @@ class MAML:
         old_distribution = _detach_distribution(old_distribution)
         loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution)
         gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
+        if not (torch.isfinite(loss) and torch.isfinite(gradient).all()):
+            raise FloatingPointError(f"non-finite surrogate loss ({loss.item()}) or meta-gradient; update skipped")
         timings["time/inner_and_gradient_s"] = time.perf_counter() - start
 
         # natural gradient direction by conjugate gradient on the KL's Hessian Jᵀ F J

@@ -197,3 +197,23 @@ def test_preset_and_overrides_compose():
     config = load_config("navigation2d-maml-trpo", ["iterations=7", "inner_step_sizes=[0.2, 0.1]"])
     assert config.iterations == 7 and config.inner_step_sizes == (0.2, 0.1)
     assert config.meta_batch_size == 20 and config.max_kl == 0.01 and config.cg_damping == 1e-5
+
+
+def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsys):
+    from agents.maml import MAML
+
+    original = MAML.surrogate
+    calls = {"count": 0}
+
+    def nan_on_the_first_update(self, adapted, post, old_log_probs, old_distribution):
+        loss, kl = original(self, adapted, post, old_log_probs, old_distribution)
+        calls["count"] += 1
+        return (loss * float("nan"), kl) if calls["count"] == 1 else (loss, kl)
+
+    monkeypatch.setattr(MAML, "surrogate", nan_on_the_first_update)
+    result = train(tiny_config(tmp_path))
+    assert "skipped a meta-update: non-finite surrogate loss (nan)" in capsys.readouterr().err
+    records = metrics_without_timings(result.run_dir)
+    assert records[0] == {"iteration": 1, "errors/skipped_update": 1.0}
+    assert "errors/skipped_update" not in records[1]
+    assert all(torch.isfinite(value).all() for value in final_parameters(result.run_dir).values())
