@@ -34,7 +34,7 @@ import torch
 
 from agents.policies import batch_params, make_policy
 from metarl.advantages import discounted_returns, fit_and_predict_linear_baseline, gae, normalize_advantages
-from metarl.optim import conjugate_gradient, flatten_tensors, line_search, trpo_step_size, unflatten_like
+from metarl.optim import flatten_tensors, trpo_step, unflatten_like
 from metarl.rollout import EpisodeBatch, collect_episodes
 from metarl.tasks import TaskFamily
 
@@ -287,7 +287,8 @@ class MAML:
             raise FloatingPointError(f"non-finite surrogate loss ({loss.item()}) or meta-gradient; update skipped")
         timings["time/inner_and_gradient_s"] = time.perf_counter() - start
 
-        # natural gradient direction by conjugate gradient on the KL's Hessian Jᵀ F J
+        # natural gradient by conjugate gradient on the KL's Hessian Jᵀ F J, then a line search on the true
+        # surrogate and KL that re-adapts at every candidate
         start = time.perf_counter()
         curvature_steps, curvature_post = self._curvature_data(adapted, steps, batch, second_order)
         curvature_old = old_distribution
@@ -298,13 +299,7 @@ class MAML:
         hessian_vector_product = self._kl_hessian_vector_product(
             theta, adapted, curvature_steps, curvature_post, curvature_old
         )
-        direction = conjugate_gradient(hessian_vector_product, gradient, iterations=config.cg_iterations)
-        scale = trpo_step_size(direction, hessian_vector_product(direction), config.max_kl)
-        timings["time/conjugate_gradient_s"] = time.perf_counter() - start
-
-        # backtracking line search on the true surrogate and KL, re-adapting at every candidate
-        start = time.perf_counter()
-        old_params = flatten_tensors([value.detach() for value in theta.values()])
+        curvature_setup_seconds = time.perf_counter() - start
 
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
             candidate_params = {
@@ -318,19 +313,21 @@ class MAML:
                 )
             return candidate_loss.item(), candidate_kl.item()
 
-        result = line_search(
+        step_timings: dict[str, float] = {}
+        result = trpo_step(
+            theta,
+            gradient,
+            hessian_vector_product,
             loss_and_kl,
-            old_params,
-            -scale * direction,
             loss.item(),
-            config.max_kl,
+            max_kl=config.max_kl,
+            cg_iterations=config.cg_iterations,
             backtrack_ratio=config.line_search_backtrack_ratio,
             max_backtracks=config.line_search_max_steps,
+            timings=step_timings,
         )
-        with torch.no_grad():
-            for parameter, value in zip(theta.values(), unflatten_like(result.params, theta).values(), strict=True):
-                parameter.copy_(value)
-        timings["time/line_search_s"] = time.perf_counter() - start
+        timings["time/conjugate_gradient_s"] = curvature_setup_seconds + step_timings["conjugate_gradient_s"]
+        timings["time/line_search_s"] = step_timings["line_search_s"]
         return {
             "losses/surrogate_before": loss.item(),
             "losses/surrogate_after": result.loss if result.accepted else loss.item(),

@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -376,3 +377,40 @@ def line_search(
         if math.isfinite(loss) and math.isfinite(kl) and loss < old_loss and kl <= max_kl:
             return LineSearchResult(candidate, True, fraction, loss, kl, i + 1)
     return LineSearchResult(old_params, False, 0.0, float(old_loss), 0.0, max_backtracks)
+
+
+def trpo_step(
+    params: Mapping[str, Tensor],
+    gradient: Tensor,
+    hessian_vector_product: Callable[[Tensor], Tensor],
+    loss_and_kl: Callable[[Tensor], tuple[float, float]],
+    old_loss: float,
+    *,
+    max_kl: float,
+    cg_iterations: int = 10,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+    timings: dict[str, float] | None = None,
+) -> LineSearchResult:
+    """One TRPO update of ``params`` (a dict of parameters, written in place) for a loss to minimise.
+
+    The natural-gradient direction solves H x = g by conjugate gradient, is scaled so that its quadratic KL estimate
+    equals ``max_kl``, and a backtracking line search on the true loss and KL picks the step; when no candidate is
+    accepted the parameters keep their old values. ``timings``, if given, receives the seconds spent in
+    ``conjugate_gradient_s`` and ``line_search_s``.
+    """
+    start = time.perf_counter()
+    direction = conjugate_gradient(hessian_vector_product, gradient, iterations=cg_iterations)
+    scale = trpo_step_size(direction, hessian_vector_product(direction), max_kl)
+    conjugate_gradient_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    old_params = flatten_tensors([value.detach() for value in params.values()])
+    result = line_search(loss_and_kl, old_params, -scale * direction, old_loss, max_kl, backtrack_ratio, max_backtracks)
+    with torch.no_grad():
+        for parameter, value in zip(params.values(), unflatten_like(result.params, params).values(), strict=True):
+            parameter.copy_(value)
+    if timings is not None:
+        timings["conjugate_gradient_s"] = conjugate_gradient_seconds
+        timings["line_search_s"] = time.perf_counter() - start
+    return result

@@ -513,7 +513,7 @@ def _batched_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Gen
 
 def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
     from agents.maml import _detach, _detach_distribution
-    from metarl.optim import conjugate_gradient, flatten_tensors, line_search, trpo_step_size, unflatten_like
+    from metarl.optim import flatten_tensors, trpo_step, unflatten_like
 
     config = agent.config
     start = time.perf_counter()
@@ -549,12 +549,7 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
         product = torch.autograd.grad(kl_gradient @ vector, list(theta.values()), retain_graph=True)
         return flatten_tensors(product) + config.cg_damping * vector
 
-    direction = conjugate_gradient(hessian_vector_product, gradient, iterations=config.cg_iterations)
-    scale = trpo_step_size(direction, hessian_vector_product(direction), config.max_kl)
-    timings["conjugate_gradient_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    old_params = flatten_tensors([value.detach() for value in theta.values()])
+    curvature_setup_seconds = time.perf_counter() - start
 
     def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
         params = {name: value.requires_grad_() for name, value in unflatten_like(candidate, theta).items()}
@@ -562,19 +557,21 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
             candidate_loss, candidate_kl = total(params, create_graph=False)
         return candidate_loss.item(), candidate_kl.item()
 
-    result = line_search(
+    step_timings: dict[str, float] = {}
+    trpo_step(
+        theta,
+        gradient,
+        hessian_vector_product,
         loss_and_kl,
-        old_params,
-        -scale * direction,
         loss.item(),
-        config.max_kl,
-        config.line_search_backtrack_ratio,
-        config.line_search_max_steps,
+        max_kl=config.max_kl,
+        cg_iterations=config.cg_iterations,
+        backtrack_ratio=config.line_search_backtrack_ratio,
+        max_backtracks=config.line_search_max_steps,
+        timings=step_timings,
     )
-    with torch.no_grad():
-        for parameter, value in zip(theta.values(), unflatten_like(result.params, theta).values(), strict=True):
-            parameter.copy_(value)
-    timings["line_search_s"] = time.perf_counter() - start
+    timings["conjugate_gradient_s"] = curvature_setup_seconds + step_timings["conjugate_gradient_s"]
+    timings["line_search_s"] = step_timings["line_search_s"]
     return timings
 
 

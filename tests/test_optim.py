@@ -445,3 +445,30 @@ def test_line_search_validates_its_arguments_before_evaluating(kwargs: dict, mes
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=re.escape(message)):
         line_search(never, **arguments)
+
+
+def test_trpo_step_moves_parameters_to_the_trust_region_boundary_and_restores_on_failure():
+    from metarl.optim import trpo_step
+
+    # loss(x) = ½|x - target|², KL(x) = ½|x - x0|² (identity curvature): the accepted step is the full natural step
+    x0 = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    target = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    params = {"x": torch.nn.Parameter(x0.clone())}
+    gradient = x0 - target
+    max_kl = 0.02
+
+    def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
+        return 0.5 * float((candidate - target).pow(2).sum()), 0.5 * float((candidate - x0).pow(2).sum())
+
+    timings: dict[str, float] = {}
+    result = trpo_step(params, gradient, lambda v: v, loss_and_kl, 12.5, max_kl=max_kl * 1.000001, timings=timings)
+    assert result.accepted and result.step_fraction == 1.0
+    # the step has length sqrt(2 max_kl) in the direction of the target
+    expected = target / target.norm() * (2 * max_kl) ** 0.5
+    torch.testing.assert_close(params["x"].detach(), expected, rtol=1e-5, atol=1e-9)
+    assert set(timings) == {"conjugate_gradient_s", "line_search_s"}
+
+    stuck = {"x": torch.nn.Parameter(x0.clone())}
+    rejected = trpo_step(stuck, gradient, lambda v: v, lambda c: (100.0, 0.0), 12.5, max_kl=max_kl)
+    assert not rejected.accepted
+    assert torch.equal(stuck["x"].detach(), x0)
