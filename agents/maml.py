@@ -313,21 +313,10 @@ class MAML:
                 )
             return candidate_loss.item(), candidate_kl.item()
 
-        step_timings: dict[str, float] = {}
-        result = trpo_step(
-            theta,
-            gradient,
-            hessian_vector_product,
-            loss_and_kl,
-            loss.item(),
-            max_kl=config.max_kl,
-            cg_iterations=config.cg_iterations,
-            backtrack_ratio=config.line_search_backtrack_ratio,
-            max_backtracks=config.line_search_max_steps,
-            timings=step_timings,
+        result, step_timings = self.apply_trpo_step(
+            theta, gradient, hessian_vector_product, loss_and_kl, loss.item(), curvature_setup_seconds
         )
-        timings["time/conjugate_gradient_s"] = curvature_setup_seconds + step_timings["conjugate_gradient_s"]
-        timings["time/line_search_s"] = step_timings["line_search_s"]
+        timings.update({f"time/{phase}": seconds for phase, seconds in step_timings.items()})
         return {
             "losses/surrogate_before": loss.item(),
             "losses/surrogate_after": result.loss if result.accepted else loss.item(),
@@ -336,6 +325,34 @@ class MAML:
             "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
             **timings,
         }
+
+    def apply_trpo_step(
+        self,
+        theta: Params,
+        gradient: torch.Tensor,
+        hessian_vector_product: Any,
+        loss_and_kl: Any,
+        old_loss: float,
+        curvature_setup_seconds: float,
+    ) -> tuple[Any, dict[str, float]]:
+        """:func:`metarl.optim.trpo_step` with this agent's TRPO settings; the seconds of its phases, the time spent
+        preparing the curvature counted as conjugate gradient."""
+        config = self.config
+        timings: dict[str, float] = {}
+        result = trpo_step(
+            theta,
+            gradient,
+            hessian_vector_product,
+            loss_and_kl,
+            old_loss,
+            max_kl=config.max_kl,
+            cg_iterations=config.cg_iterations,
+            backtrack_ratio=config.line_search_backtrack_ratio,
+            max_backtracks=config.line_search_max_steps,
+            timings=timings,
+        )
+        timings["conjugate_gradient_s"] += curvature_setup_seconds
+        return result, timings
 
     def _curvature_data(
         self, adapted: Params, steps: list, batch: MetaBatch, second_order: bool

@@ -513,7 +513,7 @@ def _batched_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Gen
 
 def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
     from agents.maml import _detach, _detach_distribution
-    from metarl.optim import flatten_tensors, trpo_step, unflatten_like
+    from metarl.optim import flatten_tensors, unflatten_like
 
     config = agent.config
     start = time.perf_counter()
@@ -557,22 +557,10 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
             candidate_loss, candidate_kl = total(params, create_graph=False)
         return candidate_loss.item(), candidate_kl.item()
 
-    step_timings: dict[str, float] = {}
-    trpo_step(
-        theta,
-        gradient,
-        hessian_vector_product,
-        loss_and_kl,
-        loss.item(),
-        max_kl=config.max_kl,
-        cg_iterations=config.cg_iterations,
-        backtrack_ratio=config.line_search_backtrack_ratio,
-        max_backtracks=config.line_search_max_steps,
-        timings=step_timings,
+    _, step_timings = agent.apply_trpo_step(
+        theta, gradient, hessian_vector_product, loss_and_kl, loss.item(), curvature_setup_seconds
     )
-    timings["conjugate_gradient_s"] = curvature_setup_seconds + step_timings["conjugate_gradient_s"]
-    timings["line_search_s"] = step_timings["line_search_s"]
-    return timings
+    return {**timings, **step_timings}
 
 
 if __name__ == "__main__":
