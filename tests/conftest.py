@@ -55,3 +55,19 @@ def random_actions(space: gym.Space, rng: np.random.Generator, shape: tuple[int,
     assert isinstance(space, gym.spaces.Box)
     low, high = 1.5 * space.low, 1.5 * space.high
     return rng.uniform(low, high, size=(*shape, *space.shape)).astype(space.dtype)
+
+
+# a meta-training run small enough for a test: a few seconds on one CPU thread
+TINY_TRAIN_CONFIG = {
+    "family_kwargs": {"horizon": 10},
+    "iterations": 4,
+    "meta_batch_size": 3,
+    "episodes_per_task": 3,
+    "hidden_sizes": [16],
+    "eval_interval": 2,
+    "eval_tasks": 3,
+    "eval_steps": 1,
+    "test_tasks": 3,
+    "checkpoint_interval": 2,
+    "progress": False,
+}

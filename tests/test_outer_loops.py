@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN_CONFIG
 
 import envs  # noqa: F401 - registers the families
 from agents.maml import MAML
@@ -89,20 +90,7 @@ def test_meta_sgd_needs_the_ppo_outer_loop():
 
 @pytest.mark.parametrize("algo", ["maml-ppo", "reptile"])
 def test_every_algorithm_trains_deterministically_and_resumes(tmp_path, algo):
-    overrides = {
-        "algo": algo,
-        "iterations": 4,
-        "meta_batch_size": 3,
-        "episodes_per_task": 3,
-        "hidden_sizes": [16],
-        "family_kwargs": {"horizon": 10},
-        "eval_interval": 2,
-        "eval_tasks": 3,
-        "eval_steps": 1,
-        "test_tasks": 3,
-        "checkpoint_interval": 2,
-        "progress": False,
-    }
+    overrides = {**TINY_TRAIN_CONFIG, "algo": algo}
     first = train(config_from_dict({**overrides, "run_root": str(tmp_path / "a")}))
     second = train(config_from_dict({**overrides, "run_root": str(tmp_path / "b")}))
     assert first.test_returns == second.test_returns

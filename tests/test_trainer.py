@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN_CONFIG
 
 import envs  # noqa: F401 - registers the families
 from metarl import MetaEnv, TaskFamily, register_family
@@ -22,23 +23,9 @@ from metarl.checkpoint import load_checkpoint
 from metarl.config import config_from_dict, load_config
 from metarl.trainer import LAST_CHECKPOINT, _guarded_train_step, train
 
-TINY = {
-    "family_kwargs": {"horizon": 10},
-    "iterations": 4,
-    "meta_batch_size": 3,
-    "episodes_per_task": 3,
-    "hidden_sizes": [16],
-    "eval_interval": 2,
-    "eval_tasks": 3,
-    "eval_steps": 1,
-    "test_tasks": 3,
-    "checkpoint_interval": 2,
-    "progress": False,
-}
-
 
 def tiny_config(tmp_path: Path, **overrides):
-    return config_from_dict({**TINY, "run_root": str(tmp_path), **overrides})
+    return config_from_dict({**TINY_TRAIN_CONFIG, "run_root": str(tmp_path), **overrides})
 
 
 def metrics_without_timings(run_dir: Path) -> list[dict]:
@@ -74,7 +61,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
 
 def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
     """SIGKILL a training process after its first checkpoint; resuming reaches the uninterrupted run's result."""
-    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY.items() if key != "progress"]
+    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_TRAIN_CONFIG.items() if key != "progress"]
     overrides += ["iterations=8", "progress=false"]
     reference = train(load_config(None, [*overrides, f"run_root={tmp_path / 'reference'}"]))
 
