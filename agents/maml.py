@@ -111,11 +111,9 @@ class MAML:
             self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
         return self._envs[num_envs]
 
-    def collect(
-        self, tasks: Sequence[Any], params: Params | None, seed: int, episodes_per_task: int | None = None
-    ) -> EpisodeBatch:
+    def collect(self, tasks: Sequence[Any], params: Params | None, seed: int) -> EpisodeBatch:
         """Episodes of every task with the meta-parameters (``params=None``) or per-task ``params``."""
-        episodes = episodes_per_task or self.config.episodes_per_task
+        episodes = self.config.episodes_per_task
         envs = self.envs(len(tasks) * episodes)
         detached = None if params is None else {name: value.detach() for name, value in params.items()}
         return collect_episodes(envs, self.family, tasks, episodes, self.policy.act, params=detached, seed=seed)
