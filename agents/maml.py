@@ -80,6 +80,9 @@ class MAML:
         device: where the policy, the inner loops, the updates and the native envs live.
     """
 
+    curve_label = "step"
+    """Evaluation curves are the mean return after 0, 1, ..., K adaptation steps."""
+
     def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
         self.family = family
         self.config = config
@@ -432,9 +435,15 @@ class MAML:
             metrics["meta/return_pre_adapt" if k == 0 else f"meta/return_step_{k}"] = value
         return metrics
 
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int) -> list[float]:
-        """Mean episode return on ``tasks`` before adaptation and after each of ``num_steps`` steps."""
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int | None = None) -> list[float]:
+        """Mean episode return on ``tasks`` before adaptation and after each of ``num_steps`` steps
+        (default ``config.eval_steps``)."""
+        num_steps = self.config.eval_steps if num_steps is None else num_steps
         return self.sample(tasks, rng, num_steps, evaluation=True).returns
+
+    def selection_score(self, curve: Sequence[float]) -> float:
+        """Validation score that picks the kept parameters: the return after the trained number of steps."""
+        return curve[min(self.config.num_inner_steps, len(curve) - 1)]
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"policy": self.policy.state_dict()}

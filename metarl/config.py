@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile")
+ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2")
 
 
 @dataclasses.dataclass
@@ -31,7 +31,8 @@ class TrainConfig:
     family_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the family (e.g. ``{"horizon": 200}``)."""
     algo: str = "maml-trpo"
-    """The meta-learning algorithm: ``maml-trpo``, ``maml-ppo`` (ProMP with ``ppo_kl_coeff`` > 0) or ``reptile``."""
+    """The meta-learning algorithm: ``maml-trpo``, ``maml-ppo`` (ProMP with ``ppo_kl_coeff`` > 0), ``reptile`` or
+    ``rl2``."""
     seed: int = 0
     """Seeds torch, NumPy and Python, the task sampler and the env seeds."""
     split_seed: int = 0
@@ -47,9 +48,9 @@ class TrainConfig:
     iterations: int = 80
     """Meta-iterations (outer updates). The default run takes about 6 minutes on a 2-core CPU."""
     meta_batch_size: int = 20
-    """Tasks per meta-iteration."""
+    """Tasks per meta-iteration (rl2: trials per meta-iteration, one per task)."""
     episodes_per_task: int = 20
-    """Episodes collected per task before and after each adaptation step."""
+    """Episodes collected per task before and after each adaptation step (MAML, Reptile)."""
 
     # -- policy -----------------------------------------------------------------------------------------------------
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -88,15 +89,33 @@ class TrainConfig:
 
     # -- outer loop (PPO, Reptile) ---------------------------------------------------------------------------------
     ppo_epochs: int = 5
-    """maml-ppo: Adam epochs per meta-iteration, each re-adapting through the inner loop."""
+    """maml-ppo, rl2: Adam epochs per meta-iteration (maml-ppo re-adapts through the inner loop in each)."""
     ppo_clip: float = 0.2
-    """maml-ppo: the clip range of the probability ratio."""
+    """maml-ppo, rl2: the clip range of the probability ratio."""
     ppo_learning_rate: float = 1e-3
-    """maml-ppo: Adam's learning rate for the meta-parameters (and Meta-SGD's step sizes)."""
+    """maml-ppo, rl2: Adam's learning rate (maml-ppo: for the meta-parameters and Meta-SGD's step sizes)."""
     ppo_kl_coeff: float = 0.0
     """maml-ppo: weight of ProMP's penalty on KL(old ‖ new) of the pre-adaptation policy (0: plain MAML-PPO)."""
     reptile_step_size: float = 0.5
     """reptile: the fraction of the way the meta-parameters move toward the mean adapted parameters."""
+
+    # -- RL² ----------------------------------------------------------------------------------------------------------
+    trial_episodes: int = 2
+    """rl2: episodes per trial (n); the hidden state persists across them and is reset between trials."""
+    rl2_hidden_size: int = 256
+    """rl2: GRU units of the actor (and of the critic)."""
+    rl2_shared_critic: bool = False
+    """rl2: one GRU feeds both heads (default: a separate critic GRU)."""
+    rl2_bptt_steps: int = 0
+    """rl2: truncated backpropagation through time over chunks of this many steps (0: whole trials)."""
+    ppo_minibatches: int = 4
+    """rl2: minibatches per PPO epoch (of whole trials, or of BPTT chunks)."""
+    ppo_entropy_coeff: float = 0.0
+    """rl2: weight of the policy's entropy bonus."""
+    ppo_value_coeff: float = 0.5
+    """rl2: weight of the value loss (in the return normaliser's scale)."""
+    max_grad_norm: float = 0.5
+    """rl2: gradients are clipped to this global norm."""
 
     # -- evaluation, logging, checkpoints ---------------------------------------------------------------------------
     eval_interval: int = 20
@@ -199,12 +218,13 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"unknown activation {config.activation!r}; allowed: tanh, relu")
     positive_ints = (
         "iterations meta_batch_size episodes_per_task num_inner_steps cg_iterations line_search_max_steps "
-        "eval_interval eval_tasks test_tasks checkpoint_interval threads num_tasks"
+        "eval_interval eval_tasks test_tasks checkpoint_interval threads num_tasks trial_episodes rl2_hidden_size "
+        "ppo_minibatches"
     )
     for name in positive_ints.split():
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    for name in ("seed", "split_seed", "eval_steps"):
+    for name in ("seed", "split_seed", "eval_steps", "rl2_bptt_steps"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not config.hidden_sizes or any(size < 1 for size in config.hidden_sizes):
@@ -224,12 +244,14 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"meta_sgd needs algo maml-ppo (its step sizes are learned by Adam), got algo {config.algo}")
     if config.ppo_epochs < 1:
         raise ValueError(f"ppo_epochs must be >= 1, got {config.ppo_epochs}")
-    for name in ("ppo_clip", "ppo_learning_rate", "reptile_step_size"):
+    for name in ("ppo_clip", "ppo_learning_rate", "reptile_step_size", "max_grad_norm"):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    if not math.isfinite(config.ppo_kl_coeff) or config.ppo_kl_coeff < 0:
-        raise ValueError(f"ppo_kl_coeff must be a finite number >= 0, got {config.ppo_kl_coeff}")
+    for name in ("ppo_kl_coeff", "ppo_entropy_coeff", "ppo_value_coeff"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     if not 0.0 < config.curvature_fraction <= 1.0:
         raise ValueError(f"curvature_fraction must be in (0, 1], got {config.curvature_fraction}")
     if not 0.0 < config.line_search_backtrack_ratio < 1.0:

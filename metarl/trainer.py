@@ -6,8 +6,10 @@ pre-adaptation episodes, adapts, collects post-adaptation episodes and meta-upda
 return are kept; the final evaluation runs on held-out *test* tasks with those parameters. Checkpoints hold
 everything needed to resume exactly: parameters, every random state, the iteration and the best validation score.
 
-An agent plugs in by providing ``train_step(tasks, rng) -> metrics``, ``evaluate(tasks, rng, num_steps) -> returns
-after 0..num_steps steps``, ``state_dict()`` / ``load_state_dict()`` and a ``policy`` module.
+An agent plugs in by providing ``train_step(tasks, rng) -> metrics``; ``evaluate(tasks, rng) -> curve``, its mean
+return at each point of adaptation (after 0..K gradient steps for MAML, at each episode of a trial for RL²), named
+by its ``curve_label`` (``"step"`` or ``"episode"``); ``selection_score(curve)``, the validation number the kept
+parameters maximise; ``state_dict()`` / ``load_state_dict()``; and a ``policy`` module.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ class RunResult:
     run_dir: Path
     """The run folder: config, metrics, TensorBoard events, checkpoints, results."""
     test_returns: list[float]
-    """Mean return on held-out test tasks before adaptation and after each evaluation step."""
+    """Mean return on held-out test tasks at each point of the agent's adaptation curve (see ``curve_label``)."""
+    curve_label: str
+    """``"step"``: ``test_returns[k]`` is after k gradient steps (MAML); ``"episode"``: it is episode k + 1 of a
+    trial (RL²)."""
     best_validation_return: float
-    """The validation return (after ``num_inner_steps`` steps) of the kept parameters."""
+    """The validation score (the agent's ``selection_score``) of the kept parameters."""
     iterations: int
     """Meta-iterations done."""
     minutes: float
@@ -68,6 +73,10 @@ def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) ->
         from agents.reptile import Reptile
 
         return Reptile(family, config, device)
+    if config.algo == "rl2":
+        from agents.rl2 import RL2
+
+        return RL2(family, config, device)
     raise ValueError(f"unknown algo {config.algo!r}")
 
 
@@ -111,9 +120,9 @@ def train(config: TrainConfig, resume: str | Path | None = None, run_dir: str | 
             metrics = _guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
-                returns = agent.evaluate(validation_tasks, task_rng, config.eval_steps)
-                metrics.update({f"validation/return_step_{k}": value for k, value in enumerate(returns)})
-                score = returns[min(config.num_inner_steps, len(returns) - 1)]
+                curve = agent.evaluate(validation_tasks, task_rng)
+                metrics.update(_curve_metrics("validation", agent.curve_label, curve))
+                score = agent.selection_score(curve)
                 if score > best_validation:
                     best_validation = score
                     save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
@@ -137,10 +146,11 @@ def train(config: TrainConfig, resume: str | Path | None = None, run_dir: str | 
     if (run_dir / BEST_CHECKPOINT).is_file():
         agent.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT)["agent"])
     test_rng = np.random.default_rng([config.seed, 2**20])
-    test_returns = agent.evaluate(split.test[: config.test_tasks], test_rng, config.eval_steps)
+    test_returns = agent.evaluate(split.test[: config.test_tasks], test_rng)
     result = RunResult(
         run_dir=run_dir,
         test_returns=test_returns,
+        curve_label=agent.curve_label,
         best_validation_return=best_validation,
         iterations=config.iterations,
         minutes=(time.perf_counter() - started) / 60,
@@ -168,6 +178,12 @@ def _guarded_train_step(agent: Any, tasks: list[Any], rng: np.random.Generator) 
     return metrics
 
 
+def _curve_metrics(prefix: str, curve_label: str, curve: list[float]) -> dict[str, float]:
+    """``validation/return_step_0..K`` (MAML) or ``validation/return_episode_1..n`` (RL²)."""
+    first = 0 if curve_label == "step" else 1
+    return {f"{prefix}/return_{curve_label}_{k + first}": value for k, value in enumerate(curve)}
+
+
 def _new_run_dir(config: TrainConfig) -> Path:
     family = config.family.replace("/", "_")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -183,10 +199,11 @@ def _drop_metrics_after(path: Path, iteration: int) -> None:
 
 
 def _print_progress(done: int, total: int, metrics: dict[str, float]) -> None:
+    shown = ("meta/return_step", "meta/trial_return", "meta/return_first_episode", "meta/return_last_episode")
     returns = " ".join(
         f"{key.split('/')[-1].replace('return_', '')} {value:8.2f}"
         for key, value in metrics.items()
-        if key.startswith("meta/return")
+        if key.startswith(shown)
     )
     seconds = sum(value for key, value in metrics.items() if key.startswith("time/"))
     end = "\r" if sys.stderr.isatty() else "\n"

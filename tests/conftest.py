@@ -71,3 +71,18 @@ TINY_TRAIN_CONFIG = {
     "checkpoint_interval": 2,
     "progress": False,
 }
+
+# the same for RL²: 8 trials of 4 pulls of a 3-armed bandit per iteration, a GRU of 16 units
+TINY_RL2_CONFIG = {
+    **TINY_TRAIN_CONFIG,
+    "algo": "rl2",
+    "family": "MetaRL/Bandit-v0",
+    "family_kwargs": {"num_arms": 3},
+    "trial_episodes": 4,
+    "rl2_hidden_size": 16,
+    "meta_batch_size": 8,
+    "ppo_epochs": 2,
+    "ppo_minibatches": 2,
+    "eval_tasks": 8,
+    "test_tasks": 8,
+}

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN_CONFIG
+from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
 
 import envs  # noqa: F401 - registers the families
 from metarl import MetaEnv, TaskFamily, register_family
@@ -59,9 +59,10 @@ def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
     assert "validation/return_step_1" in records[1] and "validation/return_step_1" not in records[0]
 
 
-def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
+@pytest.mark.parametrize("tiny_config", [TINY_TRAIN_CONFIG, TINY_RL2_CONFIG], ids=["maml-trpo", "rl2"])
+def test_killed_run_resumes_to_the_same_final_parameters(tmp_path, tiny_config):
     """SIGKILL a training process after its first checkpoint; resuming reaches the uninterrupted run's result."""
-    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_TRAIN_CONFIG.items() if key != "progress"]
+    overrides = [f"{key}={json.dumps(value)}" for key, value in tiny_config.items() if key != "progress"]
     overrides += ["iterations=8", "progress=false"]
     reference = train(load_config(None, [*overrides, f"run_root={tmp_path / 'reference'}"]))
 

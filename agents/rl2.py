@@ -1,0 +1,377 @@
+"""RL²: a recurrent policy whose hidden state carries across the episodes of a trial, trained with PPO.
+
+The policy reads, at every step, the observation, the previous action, the previous reward and a flag for "an
+episode just ended" (:func:`metarl.trials.trial_input_vector`); its GRU hidden state persists across the episode
+boundaries inside a trial and is reset between trials. Meta-training is plain RL on trials: the reward of the
+whole trial is what PPO maximises, so the GRU learns to explore early and exploit later. Adaptation at test time is
+nothing but running the policy: the "learning" happens in the hidden state.
+
+One meta-iteration:
+
+1. play one trial of ``trial_episodes`` episodes on each task of the meta-batch, all trials in parallel
+   (:func:`metarl.trials.collect_trials` over the family's native batched env);
+2. GAE over whole trials (the trial is the episode: no cut at the inner episode boundaries), with the critic's
+   values de-normalised by a running return normaliser;
+3. ``ppo_epochs`` epochs of clipped-PPO updates over minibatches of whole trials (or of ``rl2_bptt_steps``-long
+   chunks with truncated backpropagation through time, starting from the hidden states of the rollout).
+
+References:
+    Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
+    Wang et al. "Learning to reinforcement learn", arXiv:1611.05763, 2016.
+    Schulman et al. "Proximal Policy Optimization Algorithms", arXiv:1707.06347, 2017.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from metarl.advantages import gae
+from metarl.config import TrainConfig
+from metarl.tasks import TaskFamily
+from metarl.trials import TrialBatch, TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
+
+
+class RecurrentActorCritic(nn.Module):
+    """A GRU actor and a GRU critic (or one GRU shared by both heads) over trial inputs.
+
+    The state of ``N`` trials is one tensor ``[G, N, hidden_size]`` (G = 2 GRUs, or 1 when shared), so that the
+    rollout, the checkpoint and truncated BPTT handle a single object.
+
+    Args:
+        input_size: length of the trial input vector.
+        action_space: ``Discrete`` (categorical head) or ``Box`` (Gaussian head with a learned state-independent
+            log-std).
+        hidden_size: GRU units.
+        shared_critic: one GRU feeds both heads (cheaper; the default is a separate critic GRU, which keeps the
+            value loss from shaping the policy's memory).
+    """
+
+    def __init__(
+        self, input_size: int, action_space: gym.Space, hidden_size: int = 256, shared_critic: bool = False
+    ) -> None:
+        super().__init__()
+        if isinstance(action_space, gym.spaces.Discrete):
+            action_outputs = int(action_space.n)
+            self.log_std = None
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            action_outputs = int(action_space.shape[0])
+            self.log_std = nn.Parameter(torch.zeros(action_outputs))
+        else:
+            raise ValueError(f"RL² supports Discrete and 1-d Box action spaces, got {action_space!r}")
+        self.action_space = action_space
+        self.hidden_size = hidden_size
+        self.actor_gru = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.critic_gru = None if shared_critic else nn.GRU(input_size, hidden_size, batch_first=True)
+        self.action_head = nn.Linear(hidden_size, action_outputs)
+        self.value_head = nn.Linear(hidden_size, 1)
+        # small initial action outputs: a near-uniform (or unit-std) policy explores evenly at the start
+        nn.init.orthogonal_(self.action_head.weight, gain=0.01)
+        nn.init.zeros_(self.action_head.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def num_grus(self) -> int:
+        return 1 if self.critic_gru is None else 2
+
+    def initial_state(self, num_trials: int) -> torch.Tensor:
+        """The zero hidden state of ``num_trials`` new trials, ``[G, N, hidden_size]``."""
+        device = self.action_head.weight.device
+        return torch.zeros((self.num_grus, num_trials, self.hidden_size), device=device)
+
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run ``inputs [N, L, D]`` from ``state [G, N, H]``.
+
+        Returns:
+            ``(action_outputs [N, L, A], values [N, L], final_state [G, N, H])``; values are in the normalised
+            scale of the return normaliser.
+        """
+        actor_features, actor_state = self.actor_gru(inputs, state[:1].contiguous())
+        if self.critic_gru is None:
+            critic_features, final_state = actor_features, actor_state
+        else:
+            critic_features, critic_state = self.critic_gru(inputs, state[1:].contiguous())
+            final_state = torch.cat([actor_state, critic_state])
+        return self.action_head(actor_features), self.value_head(critic_features)[..., 0], final_state
+
+    def distribution(self, action_outputs: torch.Tensor) -> Distribution:
+        """The action distribution given the action head's outputs."""
+        if self.log_std is None:
+            return Categorical(logits=action_outputs, validate_args=False)
+        std = self.log_std.exp().expand_as(action_outputs)
+        return Independent(Normal(action_outputs, std, validate_args=False), 1, validate_args=False)
+
+
+class ReturnNormalizer(nn.Module):
+    """Running mean and variance of the value targets (exponential average, bias-corrected).
+
+    The critic predicts returns in this normalised scale: trial returns range from ~1 (bandits) to ~400 (tabular
+    MDPs, 25 episodes), and a fixed-scale value head would learn the large ones slowly.
+    """
+
+    def __init__(self, decay: float = 0.99) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_of_squares", torch.zeros(()))
+        self.register_buffer("debias", torch.zeros(()))
+
+    def update(self, targets: torch.Tensor, masks: torch.Tensor) -> None:
+        weight = masks.sum()
+        batch_mean = (targets * masks).sum() / weight
+        batch_mean_of_squares = (targets.square() * masks).sum() / weight
+        self.mean.mul_(self.decay).add_((1 - self.decay) * batch_mean)
+        self.mean_of_squares.mul_(self.decay).add_((1 - self.decay) * batch_mean_of_squares)
+        self.debias.mul_(self.decay).add_(1 - self.decay)
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running ``(mean, std)``; ``(0, 1)`` before the first update."""
+        if float(self.debias) == 0.0:
+            return torch.zeros_like(self.mean), torch.ones_like(self.mean)
+        mean = self.mean / self.debias
+        variance = (self.mean_of_squares / self.debias - mean.square()).clamp(min=1e-4)
+        return mean, variance.sqrt()
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        mean, std = self.moments()
+        return (values - mean) / std
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        mean, std = self.moments()
+        return values * std + mean
+
+
+class RL2:
+    """RL² trained with PPO through the meta-trainer (``metarl train algo=rl2``).
+
+    Config fields used: ``trial_episodes`` (n), ``rl2_hidden_size``, ``rl2_shared_critic``, ``rl2_bptt_steps``,
+    ``gamma``, ``gae_lambda``, ``ppo_epochs``, ``ppo_minibatches``, ``ppo_clip``, ``ppo_learning_rate``,
+    ``ppo_entropy_coeff``, ``ppo_value_coeff``, ``max_grad_norm``; ``meta_batch_size`` is the number of trials
+    (one per task) per meta-iteration.
+
+    References:
+        Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
+    """
+
+    curve_label = "episode"
+    """Evaluation curves are the mean return of each episode of the trial."""
+
+    def __init__(self, family: TaskFamily, config: TrainConfig, device: torch.device) -> None:
+        self.family = family
+        self.config = config
+        self.device = device
+        self.policy = RecurrentActorCritic(
+            trial_input_size(family), family.action_space, config.rl2_hidden_size, config.rl2_shared_critic
+        ).to(device)
+        self.return_normalizer = ReturnNormalizer().to(device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_learning_rate, eps=1e-5)
+        self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    # -- acting: a TrialPolicy ------------------------------------------------------------------------------------
+    def initial_state(self, num_trials: int) -> torch.Tensor:
+        return self.policy.initial_state(num_trials)
+
+    def act(self, inputs: TrialInputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        vector = trial_input_vector(inputs, self.family.action_space).to(self.device)[:, None]
+        action_outputs, values, next_state = self.policy(vector, state)
+        distribution = self.policy.distribution(action_outputs[:, 0])
+        actions = distribution.sample()
+        extras = {"log_prob": distribution.log_prob(actions), "value": values[:, 0]}
+        if self.config.rl2_bptt_steps:
+            extras["state"] = state.movedim(0, 1)  # [N, G, H]: where a truncated-BPTT chunk starts from
+        return actions, next_state, extras
+
+    def collect(self, tasks: Sequence[Any], rng: np.random.Generator) -> TrialBatch:
+        """One trial of ``trial_episodes`` episodes per task, all in parallel."""
+        num_trials = len(tasks)
+        if num_trials not in self._envs:
+            self._envs[num_trials] = make_trial_envs(self.family, num_trials, device=self.device)
+        seed = int(rng.integers(2**31 - num_trials))
+        return collect_trials(
+            self._envs[num_trials], self.family, tasks, self.config.trial_episodes, self, seed=seed, device=self.device
+        )
+
+    # -- the meta-trainer's protocol ------------------------------------------------------------------------------
+    def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+        start = time.perf_counter()
+        self.policy.eval()
+        batch = self.collect(tasks, rng)
+        sampled = time.perf_counter()
+        metrics = self.update(batch)
+        episode_returns = batch.episode_returns.mean(dim=0)
+        metrics["meta/trial_return"] = float(batch.trial_returns.mean())
+        metrics["meta/return_first_episode"] = float(episode_returns[0])
+        metrics["meta/return_last_episode"] = float(episode_returns[-1])
+        metrics["time/sample_s"] = sampled - start
+        metrics["time/update_s"] = time.perf_counter() - sampled
+        return metrics
+
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
+        """Mean return of each episode of a trial on ``tasks``: how the agent adapts over the trial."""
+        return self.evaluate_trials(tasks, rng).episode_returns.mean(dim=0).tolist()
+
+    def evaluate_trials(self, tasks: Sequence[Any], rng: np.random.Generator) -> TrialBatch:
+        """One trial per task with the current policy (actions sampled, as in training)."""
+        self.policy.eval()
+        return self.collect(tasks, rng)
+
+    def selection_score(self, curve: Sequence[float]) -> float:
+        """Validation score that picks the kept parameters: the mean total reward of a trial."""
+        return float(sum(curve))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "return_normalizer": self.return_normalizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.return_normalizer.load_state_dict(state["return_normalizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    # -- PPO ------------------------------------------------------------------------------------------------------
+    def update(self, batch: TrialBatch) -> dict[str, float]:
+        """Clipped-PPO epochs over the trials of ``batch``; returns the loss metrics."""
+        config = self.config
+        masks = batch.masks
+        old_log_probs = batch.extras["log_prob"]
+
+        # advantages over whole trials: the trial is the episode, it ends (terminally) after its n-th episode
+        values = self.return_normalizer.denormalize(batch.extras["value"])
+        advantages, value_targets = trial_advantages(batch.rewards, values, masks, config.gamma, config.gae_lambda)
+        self.return_normalizer.update(value_targets, masks)
+        normalized_targets = self.return_normalizer.normalize(value_targets)
+        real = masks.bool()
+        advantages = (advantages - advantages[real].mean()) / (advantages[real].std() + 1e-8)
+
+        inputs = trial_input_vector(batch.inputs, self.family.action_space)
+        sequences = _Sequences(inputs, batch.actions, old_log_probs, advantages, normalized_targets, masks)
+        initial_states = None
+        if config.rl2_bptt_steps:
+            sequences, initial_states = sequences.chunked(config.rl2_bptt_steps, batch.extras["state"])
+        num_sequences = sequences.inputs.shape[0]
+        num_minibatches = min(config.ppo_minibatches, num_sequences)
+
+        self.policy.train()
+        totals: dict[str, float] = {}
+        updates = 0
+        for _ in range(config.ppo_epochs):
+            order = torch.randperm(num_sequences, device=self.device)
+            for minibatch in order.tensor_split(num_minibatches):
+                part = sequences.select(minibatch)
+                state = (
+                    self.policy.initial_state(len(minibatch))
+                    if initial_states is None
+                    else initial_states[minibatch].movedim(0, 1).contiguous()
+                )
+                action_outputs, predicted_values, _ = self.policy(part.inputs, state)
+                distribution = self.policy.distribution(action_outputs)
+                log_probs = distribution.log_prob(part.actions)
+                weight = part.masks.sum()
+
+                ratio = torch.exp(log_probs - part.old_log_probs)
+                policy_loss = clipped_surrogate_loss(ratio, part.advantages, part.masks, config.ppo_clip)
+                # value loss, in the normalised scale
+                value_loss = ((predicted_values - part.value_targets).square() * part.masks).sum() / weight
+                entropy = (distribution.entropy() * part.masks).sum() / weight
+                loss = policy_loss + config.ppo_value_coeff * value_loss - config.ppo_entropy_coeff * entropy
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"RL² PPO loss is {float(loss)}")
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+
+                with torch.no_grad():
+                    log_ratio = log_probs - part.old_log_probs
+                    approx_kl = (((ratio - 1) - log_ratio) * part.masks).sum() / weight  # Schulman's k3 estimator
+                    clip_fraction = (((ratio - 1).abs() > config.ppo_clip).float() * part.masks).sum() / weight
+                for key, value in (
+                    ("losses/policy", policy_loss),
+                    ("losses/value", value_loss),
+                    ("losses/entropy", entropy),
+                    ("losses/approx_kl", approx_kl),
+                    ("losses/clip_fraction", clip_fraction),
+                    ("losses/grad_norm", grad_norm),
+                ):
+                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+                updates += 1
+        self.policy.eval()
+        metrics = {key: value / updates for key, value in totals.items()}
+        metrics["losses/value_scale"] = float(self.return_normalizer.moments()[1])
+        return metrics
+
+
+def clipped_surrogate_loss(
+    ratio: torch.Tensor, advantages: torch.Tensor, masks: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """PPO's policy loss: ``-mean(min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A))`` over the real steps."""
+    clipped_ratio = ratio.clamp(1 - clip, 1 + clip)
+    surrogate = torch.minimum(ratio * advantages, clipped_ratio * advantages)
+    return -(surrogate * masks).sum() / masks.sum()
+
+
+def trial_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, masks: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over whole trials ``[N, L]`` and the value targets (advantages + values).
+
+    The trial is RL²'s episode: the inner episode boundaries are not cut (the agent's memory, and so its value,
+    runs on), and the trial ends terminally after its last real step (no bootstrap).
+    """
+    advantages = gae(rewards, values, masks, gamma, lam)
+    return advantages, advantages + values
+
+
+class _Sequences:
+    """The per-step training data of PPO, sequence-major ``[S, L, ...]`` (S trials or chunks of L steps)."""
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        actions: torch.Tensor,
+        old_log_probs: torch.Tensor,
+        advantages: torch.Tensor,
+        value_targets: torch.Tensor,
+        masks: torch.Tensor,
+    ) -> None:
+        self.inputs, self.actions, self.old_log_probs = inputs, actions, old_log_probs
+        self.advantages, self.value_targets, self.masks = advantages, value_targets, masks
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.inputs, self.actions, self.old_log_probs, self.advantages, self.value_targets, self.masks)
+
+    def select(self, index: torch.Tensor) -> _Sequences:
+        return _Sequences(*(field[index] for field in self._fields()))
+
+    def chunked(self, chunk_steps: int, states: torch.Tensor) -> tuple[_Sequences, torch.Tensor]:
+        """Cut every trial into chunks of ``chunk_steps`` steps (the last one padded with masked steps).
+
+        Returns the chunks and the rollout's hidden state at the start of each, ``[S', G, H]``: truncated BPTT
+        starts each chunk from the state the policy really had there, and gradients stop at the chunk's start.
+        """
+        length = self.inputs.shape[1]
+        num_chunks = math.ceil(length / chunk_steps)
+        padding = num_chunks * chunk_steps - length
+
+        def cut(field: torch.Tensor) -> torch.Tensor:
+            if padding:
+                pad = torch.zeros((field.shape[0], padding, *field.shape[2:]), dtype=field.dtype, device=field.device)
+                field = torch.cat([field, pad], dim=1)
+            return field.reshape(field.shape[0] * num_chunks, chunk_steps, *field.shape[2:])
+
+        chunk_states = states[:, ::chunk_steps].reshape(-1, *states.shape[2:])
+        return _Sequences(*(cut(field) for field in self._fields())), chunk_states
