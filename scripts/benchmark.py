@@ -58,6 +58,7 @@ IMPLEMENTATIONS = ("native_numpy", "native_tensor", "sync")
 DEFAULT_NUM_ENVS = (1, 64, 1024)
 QUICK_NUM_ENVS = (1, 64)
 DEFAULT_REPEATS = 5
+DEFAULT_RL2_OUT = Path("benchmarks/rl2.json")
 DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 DEFAULT_OUT = Path("benchmarks/env_steps.json")
 
@@ -353,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"phases, batched vs a per-task loop (default --out {DEFAULT_MAML_OUT})",
     )
     parser.add_argument("--maml-iterations", type=int, default=3, help="timed meta-iterations per implementation")
+    parser.add_argument(
+        "--rl2",
+        action="store_true",
+        help="instead of env steps, time RL² meta-iterations (trial rollout + PPO update) of the bandit and tabular "
+        f"MDP presets at GRU sizes 256 and 128, separate and shared critic (default --out {DEFAULT_RL2_OUT})",
+    )
     return parser
 
 
@@ -410,6 +417,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.maml_iterations < 1:
             parser.error(f"--maml-iterations must be a positive integer, got {args.maml_iterations}")
         return benchmark_maml(args, argv)
+    if args.rl2:
+        return benchmark_rl2(args, argv)
     try:
         config = build_config(args)
     except ValueError as error:
@@ -565,3 +574,81 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
 
 if __name__ == "__main__":
     main()
+
+
+# -- RL² meta-iterations --------------------------------------------------------------------------------------------
+RL2_PRESETS = ("rl2-bandit-k5-n100", "rl2-tabular-mdp-n10")
+RL2_NETWORKS = ((256, False), (256, True), (128, False), (128, True))
+
+
+def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Env steps per second of RL² meta-iterations: the batched trial rollout and the PPO update, timed apart.
+
+    Every (preset, GRU size, shared critic) runs ``--repeats`` meta-iterations from the same seed, one after the
+    other in this process, so their ratios are measured side by side.
+    """
+    from agents.rl2 import RL2
+    from metarl.config import load_config
+    from metarl.registry import make_family
+    from metarl.seeding import seed_everything
+
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else DEFAULT_REPEATS
+    if repeats < 1:
+        raise SystemExit(f"--repeats must be a positive integer, got {repeats}")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    overrides = ["meta_batch_size=16", "ppo_epochs=1"] if args.quick else []
+    networks = RL2_NETWORKS[2:] if args.quick else RL2_NETWORKS
+    data: dict[str, Any] = {
+        "machine": machine_info(device),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"presets": list(RL2_PRESETS), "overrides": overrides, "repeats": repeats},
+        "results": [],
+    }
+    print(f"device={device} torch_threads={args.threads} repeats={repeats} (median env steps per second)")
+    for preset in RL2_PRESETS:
+        for hidden_size, shared in networks:
+            config = load_config(
+                preset, [*overrides, f"rl2_hidden_size={hidden_size}", f"rl2_shared_critic={str(shared).lower()}"]
+            )
+            family = make_family(config.family, **config.family_kwargs)
+            tasks = family.sample_tasks(np.random.default_rng(args.seed), config.meta_batch_size)
+            seed_everything(args.seed)
+            agent = RL2(family, config, device)
+            rng = np.random.default_rng(args.seed)
+            rollout_rates, update_rates, total_rates = [], [], []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                batch = agent.collect(tasks, rng)
+                collected = time.perf_counter()
+                agent.update(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                done = time.perf_counter()
+                steps = float(batch.masks.sum())
+                rollout_rates.append(steps / (collected - start))
+                update_rates.append(steps / (done - collected))
+                total_rates.append(steps / (done - start))
+            record = {
+                "preset": preset,
+                "rl2_hidden_size": hidden_size,
+                "rl2_shared_critic": shared,
+                "steps_per_iteration": int(batch.masks.sum()),
+                "ppo_epochs": config.ppo_epochs,
+                "rollout_steps_per_second": statistics.median(rollout_rates),
+                "update_steps_per_second": statistics.median(update_rates),
+                "total_steps_per_second": statistics.median(total_rates),
+            }
+            data["results"].append(record)
+            print(
+                f"{preset:22s} GRU {hidden_size:3d} {'shared' if shared else 'separate'} critic: "
+                f"rollout {format_rate(record['rollout_steps_per_second'])}  "
+                f"update {format_rate(record['update_steps_per_second'])}  "
+                f"total {format_rate(record['total_steps_per_second'])} steps/s",
+                flush=True,
+            )
+    out = args.out or DEFAULT_RL2_OUT
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data

@@ -48,3 +48,15 @@ def test_quick_maml_benchmark_times_every_phase_of_both_implementations(tmp_path
         assert all(value > 0 for value in median.values())
         assert median["total_s"] >= median["conjugate_gradient_s"]
     assert data["speedup_total"] > 0
+
+
+def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "rl2.json"
+    load_script().main(["--rl2", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert {record["preset"] for record in data["results"]} == {"rl2-bandit-k5-n100", "rl2-tabular-mdp-n10"}
+    for record in data["results"]:
+        assert record["steps_per_iteration"] == 16 * 100  # 16 trials of 100 steps
+        rates = [record[key] for key in ("rollout_steps_per_second", "update_steps_per_second")]
+        assert all(rate > 0 for rate in rates)
+        assert record["total_steps_per_second"] < min(rates)
