@@ -6,6 +6,11 @@ with its registered defaults.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -86,3 +91,14 @@ TINY_RL2_CONFIG = {
     "eval_tasks": 8,
     "test_tasks": 8,
 }
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module, so that tests call its ``main(argv)``."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"metarl_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

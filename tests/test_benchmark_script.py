@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("metarl_benchmark_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_quick_benchmark_writes_rates_and_ratios(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    returned = load_script().main(["--quick", "--families", "MetaRL/Navigation2D-v0", "--out", str(out)])
+    returned = load_script("benchmark").main(["--quick", "--families", "MetaRL/Navigation2D-v0", "--out", str(out)])
 
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(returned))
@@ -39,7 +27,7 @@ def test_quick_benchmark_writes_rates_and_ratios(tmp_path: Path) -> None:
 
 def test_quick_maml_benchmark_times_every_phase_of_both_implementations(tmp_path: Path) -> None:
     out = tmp_path / "maml.json"
-    load_script().main(["--maml", "--quick", "--maml-iterations", "1", "--out", str(out)])
+    load_script("benchmark").main(["--maml", "--quick", "--maml-iterations", "1", "--out", str(out)])
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"batched", "per_task"}
     for implementation in data["results"].values():
@@ -52,7 +40,7 @@ def test_quick_maml_benchmark_times_every_phase_of_both_implementations(tmp_path
 
 def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Path) -> None:
     out = tmp_path / "rl2.json"
-    load_script().main(["--rl2", "--quick", "--out", str(out)])
+    load_script("benchmark").main(["--rl2", "--quick", "--out", str(out)])
     data = json.loads(out.read_text())
     assert {record["preset"] for record in data["results"]} == {"rl2-bandit-k5-n100", "rl2-tabular-mdp-n10"}
     for record in data["results"]:
