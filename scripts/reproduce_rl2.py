@@ -133,14 +133,15 @@ def _training_minutes(run_dir: Path) -> float | None:
     return seconds / 60
 
 
-def _mismatch(run_config: Any, cell_config: Any) -> str:
-    """What makes a run's config another experiment than the cell's (empty when it is the same one)."""
-    fields = ("algo", "family", "family_kwargs", "trial_episodes", "num_tasks", "split_seed")
-    return ", ".join(
-        f"{field}={getattr(run_config, field)!r} (cell: {getattr(cell_config, field)!r})"
-        for field in fields
-        if getattr(run_config, field) != getattr(cell_config, field)
-    )
+EXPERIMENT_FIELDS = ("algo", "family", "family_kwargs", "trial_episodes", "num_tasks", "split_seed")
+"""Config fields that define a cell's experiment: a run that differs in one of them belongs to another cell."""
+
+
+def _differences(run_config: Any, cell_config: Any, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """The run's value of every config field (of ``fields``, default all) that differs from the cell's preset."""
+    names = fields if fields is not None else [field.name for field in dataclasses.fields(cell_config)]
+    values = {name: getattr(run_config, name) for name in names}
+    return {name: value for name, value in values.items() if value != getattr(cell_config, name)}
 
 
 def run_cell(name: str, args: argparse.Namespace, runs: dict[str, Path]) -> dict[str, Any]:
@@ -149,20 +150,24 @@ def run_cell(name: str, args: argparse.Namespace, runs: dict[str, Path]) -> dict
     config = load_config(cell.preset, args.train_override)
     family = make_family(config.family, **config.family_kwargs)
     num_episodes = config.trial_episodes
-    command = shlex.join(["metarl", "train", "--preset", cell.preset, *args.train_override])
-    result: dict[str, Any] = {"cell": name, "table": cell.table, "preset": cell.preset, "train_command": command}
-
-    rl2 = None
+    overrides = list(args.train_override)
+    rl2, training = None, None
     if name in runs:
-        rl2, config, result["rl2_training"] = rl2_from_run(runs[name])
+        rl2, config, training = rl2_from_run(runs[name])
+        # the run's own command: the preset plus whatever the run changed (its config.json is the record)
+        changed = _differences(config, load_config(cell.preset))
+        changed.pop("progress", None)
+        overrides = [f"{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in changed.items()]
+    command = shlex.join(["metarl", "train", "--preset", cell.preset, *overrides])
+    result: dict[str, Any] = {"cell": name, "table": cell.table, "preset": cell.preset, "train_command": command}
+    if training is not None:
+        result["rl2_training"] = training
     elif args.train:
         started = time.perf_counter()
         run = train(config)
         rl2, config, result["rl2_training"] = rl2_from_run(run.run_dir)
         result["rl2_training"]["training_minutes"] = (time.perf_counter() - started) / 60
     test_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks).test[: args.test_tasks]
-    if len(test_tasks) < args.test_tasks:
-        raise ValueError(f"cell {name}: the test split holds {len(test_tasks)} tasks, fewer than --test-tasks")
 
     agents: dict[str, Any] = {
         agent_name: make_classical_agent(agent_name, family, num_episodes, seed=args.seed)
@@ -238,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--train-override", action="append", default=[], metavar="KEY=VALUE", help="override the presets' fields"
     )
-    parser.add_argument("--test-tasks", type=int, default=MIN_TEST_TASKS, help="held-out tasks per cell (>= 1000)")
+    parser.add_argument(
+        "--test-tasks", type=int, default=None, help="held-out tasks per cell (default: the whole test split; >= 1000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (env resets, agents' randomness)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown output; the JSON goes beside it")
     parser.add_argument("--allow-few-tasks", action="store_true", help="accept --test-tasks below 1000 (smoke tests)")
@@ -259,16 +266,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"--run {item!r}: {path} is not a run folder (no config.json)")
         runs[cell] = Path(path)
         run_config = config_from_dict(json.loads((Path(path) / "config.json").read_text()))
-        mismatch = _mismatch(run_config, load_config(CELLS[cell].preset))
+        mismatch = _differences(run_config, load_config(CELLS[cell].preset), EXPERIMENT_FIELDS)
         if mismatch:
-            parser.error(f"--run {item!r}: the run does not match the cell's preset: {mismatch}")
-    if args.test_tasks < 1 or (args.test_tasks < MIN_TEST_TASKS and not args.allow_few_tasks):
+            parser.error(f"--run {item!r}: the run is another experiment than the cell's preset: {mismatch}")
+    if args.test_tasks is not None and (
+        args.test_tasks < 1 or (args.test_tasks < MIN_TEST_TASKS and not args.allow_few_tasks)
+    ):
         parser.error(f"--test-tasks must be >= {MIN_TEST_TASKS} (or pass --allow-few-tasks), got {args.test_tasks}")
-    try:
-        for cell in CELLS.values():
-            load_config(cell.preset, args.train_override)  # a bad override fails here, before any work
-    except ValueError as error:
-        parser.error(str(error))
+    for name in dict.fromkeys([*args.cells, *runs]):  # bad overrides and too small test splits fail before any work
+        try:
+            config = load_config(CELLS[name].preset, args.train_override)
+        except ValueError as error:
+            parser.error(str(error))
+        family = make_family(config.family, **config.family_kwargs)
+        available = len(family.split(seed=config.split_seed, num_tasks=config.num_tasks).test)
+        if available < (args.test_tasks or (1 if args.allow_few_tasks else MIN_TEST_TASKS)):
+            parser.error(f"cell {name}: its test split holds {available} tasks, fewer than asked for")
 
     json_path = args.out.with_suffix(".json")
     results = json.loads(json_path.read_text())["cells"] if json_path.is_file() else {}

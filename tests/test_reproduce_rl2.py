@@ -68,6 +68,9 @@ def test_a_finished_run_is_evaluated_beside_the_baselines(tmp_path: Path) -> Non
     assert cell["rl2_training"]["iterations"] == 2
     assert cell["rl2_training"]["env_steps"] == 2 * TINY_RL2_CONFIG["meta_batch_size"] * 10
     assert "| rl2 | " in out.read_text() and "2 iterations" in out.read_text()
+    # the command is the run's own: the preset and every field the run changed
+    assert cell["train_command"].startswith("metarl train --preset rl2-bandit-k5-n10 ")
+    assert "rl2_hidden_size=16" in cell["train_command"] and "iterations=2" in cell["train_command"]
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path: Path) -> None:
@@ -80,6 +83,8 @@ def test_bad_inputs_fail_before_any_work(tmp_path: Path) -> None:
         script.main([*few_tasks(out), "--run", f"no-such-cell={tmp_path}"])
     with pytest.raises(SystemExit):
         script.main([*few_tasks(out), "--train-override", "no_such_field=1"])
+    with pytest.raises(SystemExit):  # a test split of 10 tasks cannot give the 1000 the table needs
+        script.main(["--no-train", "--cells", "bandit-k5-n10", "--train-override", "num_tasks=100", "--out", str(out)])
     assert not out.exists()
 
 
