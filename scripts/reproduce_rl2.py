@@ -200,7 +200,8 @@ def render_markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         "The paper's UCB1 is our `ucb1_prior` (Beta-prior means in place of the forced first pulls and a tuned",
         "exploration constant); the classic `ucb1` that first pulls every arm once is shown beside it. The paper's",
         "PSRL is matched by `psrl_zero_prior` (a N(0, 1) prior on the mean rewards); `psrl` uses the family's true",
-        "N(1, 1) prior. Baseline settings are documented in `agents/classical.py`.",
+        "N(1, 1) prior. Baseline settings are documented in `agents/classical.py`. Training minutes are the sum of",
+        "each run's timed phases; runs that shared the two cores with other runs took longer than they would alone.",
         "",
     ]
     for name in CELLS:
