@@ -572,10 +572,6 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
     return {**timings, **step_timings}
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- RL² meta-iterations --------------------------------------------------------------------------------------------
 RL2_PRESETS = ("rl2-bandit-k5-n100", "rl2-tabular-mdp-n10")
 RL2_NETWORKS = ((256, False), (256, True), (128, False), (128, True))
@@ -652,3 +648,7 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
     write_json_atomic(out, data)
     print(f"wrote {out}")
     return data
+
+
+if __name__ == "__main__":
+    main()
