@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-train. Config: the TrainConfig defaults, then --preset, then key=value overrides.",
     )
     train.add_argument("--preset", default=None, help="a preset under configs/ (name) or a YAML file")
-    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="resume the run in RUN_DIR from last.pt")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="resume the run in RUN_DIR from last.pt; with iterations=N, train it on to N iterations in all",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
 
     demo = commands.add_parser("demo", help="roll out a random policy on held-out tasks of every family")
@@ -111,10 +116,18 @@ def _train(args: argparse.Namespace) -> int:
     from metarl.config import load_config
     from metarl.trainer import train
 
-    if args.resume is not None and (args.preset is not None or args.overrides):
-        raise ValueError("--resume continues a run with its own config; drop --preset and the overrides")
+    extend_to = None
+    if args.resume is not None:
+        # a resumed run keeps its own config; only its length can change (iterations=N trains a finished run on)
+        overrides = dict(override.partition("=")[::2] for override in args.overrides)
+        if args.preset is not None or set(overrides) - {"iterations"}:
+            raise ValueError(
+                "--resume continues a run with its own config: drop --preset and every override but iterations=N"
+            )
+        if "iterations" in overrides:
+            extend_to = load_config(None, [f"iterations={overrides['iterations']}"]).iterations
     config = None if args.resume is not None else load_config(args.preset, args.overrides)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, iterations=extend_to)
     if result.curve_label == "step":
         print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")
         labels = ["before" if k == 0 else f"step {k}" for k in range(len(result.test_returns))]

@@ -80,17 +80,39 @@ def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) ->
     raise ValueError(f"unknown algo {config.algo!r}")
 
 
-def train(config: TrainConfig, resume: str | Path | None = None, run_dir: str | Path | None = None) -> RunResult:
+def train(
+    config: TrainConfig | None,
+    resume: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    iterations: int | None = None,
+) -> RunResult:
     """Meta-train as ``config`` says, or resume the run folder ``resume`` (whose own config is used).
 
+    ``iterations`` (with ``resume`` only) extends the run to that many meta-iterations: a finished run trains on
+    from its last checkpoint, and its ``config.json`` records the new total. The continuation is exactly the run
+    that was started with that total when the old total was a multiple of ``eval_interval`` (otherwise the extra
+    validation at the old end has drawn from the task sampler).
+
     Everything that can be checked is checked before any work starts: the family id, the policy's support of its
-    action space, the device.
+    action space, the device, an extension that would not extend.
     """
     started = time.perf_counter()
+    if iterations is not None and resume is None:
+        raise ValueError("iterations= extends a resumed run; start a new run with the iterations config field")
     if resume is not None:
         run_dir = Path(resume)
         config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
         checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT)
+        if iterations is not None:
+            if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < checkpoint["iteration"]:
+                raise ValueError(
+                    f"iterations must be an integer >= the {checkpoint['iteration']} iterations {run_dir} has done, "
+                    f"got {iterations!r}"
+                )
+            config = dataclasses.replace(config, iterations=iterations)
+            write_text_atomically(run_dir / "config.json", config_to_json(config))
+    if config is None:
+        raise ValueError("train() needs a config or a run folder to resume")
     device = resolve_device(config.device)
     set_threads(config.threads)
     family = make_family(config.family, **config.family_kwargs)

@@ -102,3 +102,19 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def temporary_family():
+    """``temporary_family(FamilyClass)`` registers a family for one test and drops it after, so that later tests
+    (``metarl demo`` rolls out every registered family) see the suite's families only."""
+    registered: list[str] = []
+
+    def register(family_class: type[TaskFamily]) -> str:
+        registered.append(metarl.register_family(family_class))
+        return registered[-1]
+
+    yield register
+    for env_id in registered:  # the registries have no public unregister
+        metarl.registry._FAMILIES.pop(env_id, None)
+        gym.registry.pop(env_id, None)

@@ -18,7 +18,7 @@ import torch
 from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
 
 import envs  # noqa: F401 - registers the families
-from metarl import MetaEnv, TaskFamily, register_family
+from metarl import MetaEnv, TaskFamily
 from metarl.checkpoint import load_checkpoint
 from metarl.config import config_from_dict, load_config
 from metarl.trainer import LAST_CHECKPOINT, _guarded_train_step, train
@@ -85,6 +85,32 @@ def test_killed_run_resumes_to_the_same_final_parameters(tmp_path, tiny_config):
         [sys.executable, "-m", "metarl", "train", "--resume", str(run_dir)], capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
+    for name, value in final_parameters(reference.run_dir).items():
+        assert torch.equal(value, final_parameters(run_dir)[name]), name
+    assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
+
+
+def test_a_finished_run_extended_equals_the_longer_run(tmp_path):
+    """``--resume RUN iterations=N`` trains a finished run on, to where a run of N iterations from the start ends."""
+    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_RL2_CONFIG.items()]  # eval_interval 2
+    reference = train(load_config(None, [*overrides, "iterations=8"]), run_dir=tmp_path / "reference")
+    run_dir = train(load_config(None, [*overrides, "iterations=4"]), run_dir=tmp_path / "extended").run_dir
+
+    for bad in ("seed=3", "iterations=2"):  # only the length may change, and only upward
+        refused = subprocess.run(
+            [sys.executable, "-m", "metarl", "train", "--resume", str(run_dir), bad], capture_output=True, text=True
+        )
+        assert refused.returncode != 0 and ("iterations" in refused.stderr), refused.stderr
+    assert json.loads((run_dir / "config.json").read_text())["iterations"] == 4
+
+    extended = subprocess.run(
+        [sys.executable, "-m", "metarl", "train", "--resume", str(run_dir), "iterations=8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert extended.returncode == 0, extended.stderr
+    assert json.loads((run_dir / "config.json").read_text())["iterations"] == 8
     for name, value in final_parameters(reference.run_dir).items():
         assert torch.equal(value, final_parameters(run_dir)[name]), name
     assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
@@ -168,8 +194,8 @@ class _MultiDiscreteFamily(TaskFamily):
         (["family=MetaRL/MultiDiscreteProbe-v0"], "MultiDiscrete"),
     ],
 )
-def test_bad_config_is_rejected_before_any_work(tmp_path, overrides, message):
-    register_family(_MultiDiscreteFamily)
+def test_bad_config_is_rejected_before_any_work(tmp_path, temporary_family, overrides, message):
+    temporary_family(_MultiDiscreteFamily)
     with pytest.raises(ValueError) as error:
         train(load_config(None, [*overrides, f"run_root={tmp_path}"]))
     assert message in str(error.value)
