@@ -117,8 +117,17 @@ def train(
     set_threads(config.threads)
     family = make_family(config.family, **config.family_kwargs)
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
-    if config.meta_batch_size > len(split.train):
-        raise ValueError(f"meta_batch_size {config.meta_batch_size} exceeds the {len(split.train)} training tasks")
+    for field, wanted, available in (
+        ("meta_batch_size", config.meta_batch_size, len(split.train)),
+        ("eval_tasks", config.eval_tasks, len(split.validation)),
+        ("test_tasks", config.test_tasks, len(split.test)),
+    ):
+        if wanted > available:
+            raise ValueError(
+                f"{field} {wanted} exceeds the {available} tasks of its split (num_tasks={config.num_tasks} gives "
+                f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test tasks); "
+                "lower it or raise num_tasks"
+            )
     seed_everything(config.seed)
     agent = make_agent(config, family, device)  # rejects an action space the policy cannot handle
     task_rng = np.random.default_rng(config.seed)
