@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from metarl.config import ALGORITHMS
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
 from metarl.registry import family_spec, list_families
 from metarl.rollout import collect_episodes
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="resume the run in RUN_DIR from last.pt; with iterations=N, train it on to N iterations in all",
+    )
+    train.add_argument(
+        "--algo", default=None, choices=ALGORITHMS, help="the algorithm (short for algo=...; overrides the preset's)"
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
 
@@ -120,13 +124,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         # a resumed run keeps its own config; only its length can change (iterations=N trains a finished run on)
         overrides = dict(override.partition("=")[::2] for override in args.overrides)
-        if args.preset is not None or set(overrides) - {"iterations"}:
+        if args.preset is not None or args.algo is not None or set(overrides) - {"iterations"}:
             raise ValueError(
                 "--resume continues a run with its own config: drop --preset and every override but iterations=N"
             )
         if "iterations" in overrides:
             extend_to = load_config(None, [f"iterations={overrides['iterations']}"]).iterations
-    config = None if args.resume is not None else load_config(args.preset, args.overrides)
+    algo_override = [] if args.algo is None else [f"algo={args.algo}"]
+    config = None if args.resume is not None else load_config(args.preset, [*algo_override, *args.overrides])
     result = train(config, resume=args.resume, iterations=extend_to)
     if result.curve_label == "step":
         print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")

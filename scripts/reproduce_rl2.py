@@ -40,6 +40,9 @@ from metarl.trials import TrialBatch, collect_trials, make_trial_envs
 
 DEFAULT_OUT = Path("docs/results/rl2.md")
 MIN_TEST_TASKS = 1000
+ESTIMATE_STEPS_PER_SECOND = 8000
+"""Training throughput behind the time estimate of a cell not trained: RL² with GRU 128 and a separate critic
+ran at 7.9-9.1k env steps/s end to end on a 2-core CPU (``python scripts/benchmark.py --rl2``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +163,7 @@ def run_cell(name: str, args: argparse.Namespace, runs: dict[str, Path]) -> dict
         overrides = [f"{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in changed.items()]
     command = shlex.join(["metarl", "train", "--preset", cell.preset, *overrides])
     result: dict[str, Any] = {"cell": name, "table": cell.table, "preset": cell.preset, "train_command": command}
+    result["planned_env_steps"] = config.iterations * config.meta_batch_size * num_episodes * family.horizon
     if training is not None:
         result["rl2_training"] = training
     elif args.train:
@@ -211,7 +215,11 @@ def render_markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         lines += [f"## {result['table']}", ""]
         training = result.get("rl2_training")
         if training is None:
-            lines.append(f"RL²: not trained here; command: `{result['train_command']}`.")
+            steps = result["planned_env_steps"]
+            lines.append(
+                f"RL²: not trained here; command: `{result['train_command']}` ({steps / 1e6:.1f}M env steps, about "
+                f"{steps / ESTIMATE_STEPS_PER_SECOND / 60:.0f} min at {ESTIMATE_STEPS_PER_SECOND / 1000:.0f}k steps/s)."
+            )
         else:
             minutes = training.get("training_minutes")
             lines.append(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import TINY_RL2_CONFIG
 
 from metarl.cli import main
 from metarl.device import resolve_device
@@ -43,6 +45,7 @@ def test_demo_is_deterministic(capsys):
         (["demo", "--tasks", "0"], "must be an int >= 1, got 0"),
         (["demo", "--episodes", "-3"], "must be an int >= 1, got -3"),
         (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["train", "--algo", "rl3"], "invalid choice: 'rl3'"),
         (["--threads", "0", "families"], "must be an int >= 1, got 0"),
         (["--import", "no_such_module_here", "families"], "No module named 'no_such_module_here'"),
         (["--import", "missing_file.py", "families"], "missing_file.py: no such file"),
@@ -71,3 +74,11 @@ def test_console_entry_point_runs_as_module():
     )
     assert result.returncode == 0, result.stderr
     assert "MetaRL/Bandit-v0" in result.stdout
+
+
+def test_train_algo_flag_picks_the_algorithm(tmp_path, capsys):
+    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_RL2_CONFIG.items() if key != "algo"]
+    assert main(["train", "--algo", "rl2", *overrides, f"run_root={tmp_path}"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert "__rl2__" in run_dir.name and json.loads((run_dir / "config.json").read_text())["algo"] == "rl2"
+    assert "trials of 4 episodes" in capsys.readouterr().out

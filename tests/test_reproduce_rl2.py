@@ -38,7 +38,7 @@ def test_baselines_only_writes_every_agent_beside_the_paper_and_cells_accumulate
     assert "## Bandits k=5, n=10" in markdown and "## Tabular MDPs, n=10" in markdown
     assert "| gittins | " in markdown and "| 6.6 | 200 |" in markdown
     assert "| rl2 | not run | 6.7 | |" in markdown
-    assert "RL²: not trained here; command: `metarl train --preset rl2-bandit-k5-n10`." in markdown
+    assert "RL²: not trained here; command: `metarl train --preset rl2-bandit-k5-n10` (3.0M env steps" in markdown
 
 
 def test_same_seed_gives_the_same_table(tmp_path: Path) -> None:
