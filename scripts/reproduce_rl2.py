@@ -215,11 +215,14 @@ def render_markdown(results: dict[str, dict[str, Any]], command: str) -> str:
         lines += [f"## {result['table']}", ""]
         training = result.get("rl2_training")
         if training is None:
-            steps = result["planned_env_steps"]
-            lines.append(
-                f"RL²: not trained here; command: `{result['train_command']}` ({steps / 1e6:.1f}M env steps, about "
-                f"{steps / ESTIMATE_STEPS_PER_SECOND / 60:.0f} min at {ESTIMATE_STEPS_PER_SECOND / 1000:.0f}k steps/s)."
+            steps = result.get("planned_env_steps")  # absent from cells written by older versions of this script
+            estimate = (
+                ""
+                if steps is None
+                else f" ({steps / 1e6:.1f}M env steps, about {steps / ESTIMATE_STEPS_PER_SECOND / 60:.0f} min at "
+                f"{ESTIMATE_STEPS_PER_SECOND / 1000:.0f}k steps/s)"
             )
+            lines.append(f"RL²: not trained here; command: `{result['train_command']}`{estimate}.")
         else:
             minutes = training.get("training_minutes")
             lines.append(
