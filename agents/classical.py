@@ -58,12 +58,6 @@ def sample_gamma(concentration: torch.Tensor, generator: torch.Generator) -> tor
     return torch._standard_gamma(concentration, generator=generator)
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
-
-
 class RandomAgent:
     """Uniformly random actions: the floor of Tables 1 and 2.
 
@@ -81,7 +75,7 @@ class RandomAgent:
         self.num_actions = int(family.action_space.n)
         self.num_episodes = check_count("num_episodes", num_episodes)
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(_check_seed(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(check_count("seed", seed, minimum=0))
 
     def initial_state(self, num_trials: int) -> None:
         return None  # a random agent remembers nothing
@@ -122,7 +116,7 @@ class BanditAgent:
         self.num_arms = family.num_arms
         self.num_episodes = check_count("num_episodes", num_episodes)
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(_check_seed(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(check_count("seed", seed, minimum=0))
 
     def initial_state(self, num_trials: int) -> BanditState:
         counts = torch.zeros((num_trials, self.num_arms), dtype=torch.float32, device=self.device)
@@ -490,7 +484,7 @@ class TabularMDPAgent:
         if self.prior_reward_var == 0.0:
             raise ValueError("prior_reward_var must be > 0, got 0.0")
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(_check_seed(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(check_count("seed", seed, minimum=0))
 
     def initial_state(self, num_trials: int) -> TabularMDPState:
         num_states, num_actions = self.num_states, self.num_actions
