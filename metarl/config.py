@@ -258,6 +258,11 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"line_search_backtrack_ratio must be in (0, 1), got {config.line_search_backtrack_ratio}")
 
 
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config a run folder was trained with (its ``config.json``), validated like any other."""
+    return config_from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
 def config_to_json(config: TrainConfig) -> str:
     """The resolved config as JSON (written beside each run)."""
     return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)

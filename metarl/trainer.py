@@ -33,7 +33,7 @@ from metarl.checkpoint import (
     save_checkpoint,
     write_text_atomically,
 )
-from metarl.config import TrainConfig, config_from_dict, config_to_json
+from metarl.config import TrainConfig, config_to_json, load_run_config
 from metarl.device import resolve_device, set_threads
 from metarl.logging import RunLogger
 from metarl.registry import make_family
@@ -101,7 +101,7 @@ def train(
         raise ValueError("iterations= extends a resumed run; start a new run with the iterations config field")
     if resume is not None:
         run_dir = Path(resume)
-        config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        config = load_run_config(run_dir)
         checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT)
         if iterations is not None:
             if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < checkpoint["iteration"]:

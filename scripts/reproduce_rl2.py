@@ -32,7 +32,7 @@ import torch
 import envs  # noqa: F401 - registers the families
 from agents.classical import classical_agent_names, make_classical_agent
 from metarl.checkpoint import load_checkpoint, write_text_atomically
-from metarl.config import config_from_dict, load_config
+from metarl.config import load_config, load_run_config
 from metarl.device import set_threads
 from metarl.registry import make_family
 from metarl.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, train
@@ -103,7 +103,7 @@ def rl2_from_run(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The RL² agent of a run folder with its kept (best by validation) parameters, its config and training facts."""
     from agents.rl2 import RL2
 
-    config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = load_run_config(run_dir)
     if config.algo != "rl2":
         raise ValueError(f"{run_dir} is a {config.algo} run, not rl2")
     checkpoint_path = run_dir / BEST_CHECKPOINT if (run_dir / BEST_CHECKPOINT).is_file() else run_dir / LAST_CHECKPOINT
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not (Path(path) / "config.json").is_file():
             parser.error(f"--run {item!r}: {path} is not a run folder (no config.json)")
         runs[cell] = Path(path)
-        run_config = config_from_dict(json.loads((Path(path) / "config.json").read_text()))
+        run_config = load_run_config(path)
         mismatch = _differences(run_config, load_config(CELLS[cell].preset), EXPERIMENT_FIELDS)
         if mismatch:
             parser.error(f"--run {item!r}: the run is another experiment than the cell's preset: {mismatch}")
