@@ -4,11 +4,61 @@ This is the one place the suite's ids are registered: ``import envs`` and then `
 """
 
 from envs.bandit import Bandit, BanditTask
+from envs.locomotion import (
+    AntDir,
+    AntDir2D,
+    AntGoal,
+    AntVel,
+    Direction2DTask,
+    DirectionTask,
+    DynamicsTask,
+    HalfCheetahDir,
+    HalfCheetahRandParams,
+    HalfCheetahVel,
+    HopperRandParams,
+    VelocityTask,
+    Walker2dRandParams,
+)
 from envs.navigation import GoalTask, Navigation2D, SparsePointRobot
 from envs.tabular_mdp import TabularMDP, TabularMDPTask
 from metarl.registry import register_family
 
-for _family in (Bandit, TabularMDP, Navigation2D, SparsePointRobot):
+MUJOCO_FAMILIES = (
+    HalfCheetahVel,
+    HalfCheetahDir,
+    AntVel,
+    AntDir,
+    AntDir2D,
+    AntGoal,
+    HalfCheetahRandParams,
+    HopperRandParams,
+    Walker2dRandParams,
+)
+"""The families simulated by MuJoCo (heavier: built on Gymnasium's v5 robots)."""
+
+for _family in (Bandit, TabularMDP, Navigation2D, SparsePointRobot, *MUJOCO_FAMILIES):
     register_family(_family)
 
-__all__ = ["Bandit", "BanditTask", "GoalTask", "Navigation2D", "SparsePointRobot", "TabularMDP", "TabularMDPTask"]
+__all__ = [
+    "MUJOCO_FAMILIES",
+    "AntDir",
+    "AntDir2D",
+    "AntGoal",
+    "AntVel",
+    "Bandit",
+    "BanditTask",
+    "Direction2DTask",
+    "DirectionTask",
+    "DynamicsTask",
+    "GoalTask",
+    "HalfCheetahDir",
+    "HalfCheetahRandParams",
+    "HalfCheetahVel",
+    "HopperRandParams",
+    "Navigation2D",
+    "SparsePointRobot",
+    "TabularMDP",
+    "TabularMDPTask",
+    "VelocityTask",
+    "Walker2dRandParams",
+]

@@ -2,7 +2,8 @@
 
 A family's env subclasses :class:`MetaEnv` and fills three small hooks (``_reset_state``, ``_observe``,
 ``_step_state``); ``reset`` and ``step`` live here so that every family handles tasks, seeds, time limits and bad
-actions the same way, and so that the native batched envs (``metarl.vector``) can mirror it exactly.
+actions the same way, and so that the native batched envs (``metarl.vector``) can mirror it exactly. The task
+semantics alone live in :class:`TaskHolder`, which the MuJoCo families' envs (``metarl.mujoco_envs``) share.
 """
 
 from __future__ import annotations
@@ -16,37 +17,24 @@ from metarl.seeding import draw_key, uniform_python
 from metarl.tasks import TaskFamily, TaskT
 
 
-class MetaEnv(gym.Env, Generic[TaskT]):
-    """One sub-env of a task family: a Gymnasium env whose task is set with ``set_task``.
+class TaskHolder(Generic[TaskT]):
+    """The task semantics every single env of a family shares, whatever simulates it (mixed into the env class).
 
-    Task semantics: ``set_task(task)`` validates the task at once and makes it effective at the next ``reset``;
+    ``set_task(task)`` validates the task at once and makes it effective at the next ``reset``;
     ``reset(options={"task": task})`` sets and applies it in one call; ``get_task()`` returns the task being
     played. An env reset before any task was set draws one from the family's distribution with its own seeded
-    ``np_random``.
-
-    Randomness: seeding (``reset(seed=...)``) draws the key of a counter-based stream from ``np_random``; every
-    stochastic step consumes ``draws_per_step`` numbers of that stream (see ``metarl.seeding``). The episode ends
-    by truncation after ``family.horizon`` steps unless the family terminates it first.
+    ``np_random``. The env's ``reset`` calls ``_activate_task`` at the point where the task takes effect.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - Gymnasium's own convention
-    draws_per_step: int = 0
-    """Uniform random numbers one step consumes; the batched twin consumes the same per sub-env."""
+    family: TaskFamily[TaskT]
 
-    def __init__(self, family: TaskFamily[TaskT], task: TaskT | None = None) -> None:
+    def _init_task(self, family: TaskFamily[TaskT], task: TaskT | None) -> None:
         self.family = family
-        self.observation_space = family.observation_space
-        self.action_space = family.action_space
         self._task: TaskT | None = None
         self.task_params: dict[str, np.ndarray] = {}
         """Parameters of the task being played, as ``family.task_arrays`` gives them (without the task dim)."""
         self._pending_task: TaskT | None = None if task is None else family.check_task(task)
-        self._stream_key: int | None = None
-        self._stream_counter = 0
-        self._elapsed_steps = 0
-        self._needs_reset = True
 
-    # -- tasks -------------------------------------------------------------------------------------------------
     def set_task(self, task: TaskT) -> None:
         """Validate ``task`` now and play it from the next ``reset``."""
         self._pending_task = self.family.check_task(task)
@@ -64,6 +52,42 @@ class MetaEnv(gym.Env, Generic[TaskT]):
     def task(self, task: TaskT) -> None:
         self.set_task(task)
 
+    def _activate_task(self, rng: np.random.Generator) -> None:
+        """Make the pending task (or, if the env never had one, a task drawn from ``rng``) the one being played."""
+        if self._pending_task is None and self._task is None:
+            self._pending_task = self.family.sample_tasks(rng, 1)[0]
+        if self._pending_task is not None:
+            self._task, self._pending_task = self._pending_task, None
+            self.task_params = {name: array[0] for name, array in self.family.task_arrays([self._task]).items()}
+            self._on_task_activated()
+
+    def _on_task_activated(self) -> None:
+        """Hook: called when a new task takes effect (a dynamics family changes its model here)."""
+
+
+class MetaEnv(TaskHolder[TaskT], gym.Env):
+    """One sub-env of a task family: a Gymnasium env whose task is set with ``set_task``.
+
+    Task semantics: see :class:`TaskHolder`.
+
+    Randomness: seeding (``reset(seed=...)``) draws the key of a counter-based stream from ``np_random``; every
+    stochastic step consumes ``draws_per_step`` numbers of that stream (see ``metarl.seeding``). The episode ends
+    by truncation after ``family.horizon`` steps unless the family terminates it first.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - Gymnasium's own convention
+    draws_per_step: int = 0
+    """Uniform random numbers one step consumes; the batched twin consumes the same per sub-env."""
+
+    def __init__(self, family: TaskFamily[TaskT], task: TaskT | None = None) -> None:
+        self._init_task(family, task)
+        self.observation_space = family.observation_space
+        self.action_space = family.action_space
+        self._stream_key: int | None = None
+        self._stream_counter = 0
+        self._elapsed_steps = 0
+        self._needs_reset = True
+
     # -- Gymnasium API -----------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -72,11 +96,7 @@ class MetaEnv(gym.Env, Generic[TaskT]):
         if seed is not None or self._stream_key is None:
             self._stream_key = draw_key(self.np_random)
             self._stream_counter = 0
-        if self._pending_task is None and self._task is None:
-            self._pending_task = self.family.sample_tasks(self.np_random, 1)[0]
-        if self._pending_task is not None:
-            self._task, self._pending_task = self._pending_task, None
-            self.task_params = {name: array[0] for name, array in self.family.task_arrays([self._task]).items()}
+        self._activate_task(self.np_random)
         self._elapsed_steps = 0
         self._needs_reset = False
         self._reset_state()

@@ -21,9 +21,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from metarl.env import MetaEnv
+from metarl.env import TaskHolder
 from metarl.tasks import TaskFamily
-from metarl.vector import TorchVectorEnv
 
 NAMESPACE = "MetaRL"
 _ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -48,8 +47,10 @@ class FamilySpec:
 _FAMILIES: dict[str, FamilySpec] = {}
 
 
-def _make_single_env(family_class: type[TaskFamily], **kwargs: Any) -> MetaEnv:
-    return family_class(**kwargs).make_env()
+def _make_single_env(family_class: type[TaskFamily], render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    family = family_class(**kwargs)
+    # only families that render (the MuJoCo ones) take a render mode; the others keep Gymnasium's error
+    return family.make_env() if render_mode is None else family.make_env(render_mode=render_mode)
 
 
 def _make_native_vector_env(
@@ -82,15 +83,20 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
     if not isinstance(name, str) or not _ID_PATTERN.match(name):
         raise ValueError(f"{family_class.__name__}.name must be letters, digits, '_' or '-', got {name!r}")
     env_class = getattr(family_class, "env_class", None)
-    if not (isinstance(env_class, type) and issubclass(env_class, MetaEnv)):
-        raise TypeError(f"{family_class.__name__}.env_class must be a metarl.MetaEnv subclass, got {env_class!r}")
+    if not (isinstance(env_class, type) and issubclass(env_class, gym.Env) and issubclass(env_class, TaskHolder)):
+        raise TypeError(
+            f"{family_class.__name__}.env_class must be a gymnasium.Env with the metarl.TaskHolder mixin "
+            f"(a metarl.MetaEnv subclass, say), got {env_class!r}"
+        )
     vector_env_class = family_class.vector_env_class
     if vector_env_class is not None and not (
-        isinstance(vector_env_class, type) and issubclass(vector_env_class, TorchVectorEnv)
+        isinstance(vector_env_class, type)
+        and issubclass(vector_env_class, gym.vector.VectorEnv)
+        and callable(getattr(vector_env_class, "set_tasks", None))
     ):
         raise TypeError(
-            f"{family_class.__name__}.vector_env_class must be None or a metarl.TorchVectorEnv subclass, "
-            f"got {vector_env_class!r}"
+            f"{family_class.__name__}.vector_env_class must be None or a gymnasium VectorEnv with set_tasks "
+            f"(a metarl.TorchVectorEnv subclass, say), got {vector_env_class!r}"
         )
     version = family_class.version
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:

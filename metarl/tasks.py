@@ -22,8 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from metarl.env import MetaEnv
-    from metarl.vector import TorchVectorEnv
+    from metarl.env import TaskHolder
 
 TaskT = TypeVar("TaskT")
 
@@ -67,11 +66,17 @@ class TaskFamily(ABC, Generic[TaskT]):
     """Bumped whenever reward, observation or task-distribution semantics change."""
     task_type: ClassVar[type]
     """The frozen dataclass of this family's tasks."""
-    env_class: ClassVar[type[MetaEnv]]
-    """The single env, built as ``env_class(family, task)``."""
-    vector_env_class: ClassVar[type[TorchVectorEnv] | None] = None
+    env_class: ClassVar[type[gym.Env]]
+    """The single env, built as ``env_class(family, task)``: a :class:`metarl.MetaEnv`, or any Gymnasium env with
+    the :class:`metarl.env.TaskHolder` mixin (the MuJoCo families')."""
+    vector_env_class: ClassVar[type[gym.vector.VectorEnv] | None] = None
     """The native batched env, if any, built as ``vector_env_class(family, num_envs, tasks, device,
     autoreset_mode)``; it is registered as the Gymnasium ``vector_entry_point``."""
+
+    num_distinct_tasks: ClassVar[int | None] = None
+    """How many distinct tasks the family has, when it has only a few (the two directions of ``HalfCheetahDir``):
+    such a family's split holds all of them in every set, and the trainer draws its meta-batches with replacement.
+    ``None`` for a family with a continuum or a large number of tasks."""
 
     observation_space: gym.Space
     action_space: gym.Space
@@ -152,7 +157,7 @@ class TaskFamily(ABC, Generic[TaskT]):
         )
 
     # -- envs --------------------------------------------------------------------------------------------------
-    def make_env(self, task: TaskT | None = None) -> MetaEnv[TaskT]:
+    def make_env(self, task: TaskT | None = None) -> TaskHolder[TaskT]:
         """Build a single Gymnasium env of this family, playing ``task`` once it is reset."""
         return self.env_class(self, task)
 

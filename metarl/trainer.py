@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,11 @@ def train(
     set_threads(config.threads)
     family = make_family(config.family, **config.family_kwargs)
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
+    few_tasks = family.num_distinct_tasks is not None  # meta-batches are drawn with replacement from a few tasks
     for field, wanted, available in (
-        ("meta_batch_size", config.meta_batch_size, len(split.train)),
-        ("eval_tasks", config.eval_tasks, len(split.validation)),
-        ("test_tasks", config.test_tasks, len(split.test)),
+        ("meta_batch_size", config.meta_batch_size, math.inf if few_tasks else len(split.train)),
+        ("eval_tasks", config.eval_tasks, math.inf if few_tasks else len(split.validation)),
+        ("test_tasks", config.test_tasks, math.inf if few_tasks else len(split.test)),
     ):
         if wanted > available:
             raise ValueError(
@@ -144,10 +146,11 @@ def train(
         write_text_atomically(run_dir / "config.json", config_to_json(config))
     logger = RunLogger(run_dir, resume_after=start_iteration if resume is not None else None)
 
-    validation_tasks = split.validation[: config.eval_tasks]
+    validation_tasks = _first_tasks(split.validation, config.eval_tasks)
     try:
         for iteration in range(start_iteration, config.iterations):
-            tasks = [split.train[i] for i in task_rng.choice(len(split.train), config.meta_batch_size, replace=False)]
+            indices = task_rng.choice(len(split.train), config.meta_batch_size, replace=few_tasks)
+            tasks = [split.train[i] for i in indices]
             metrics = _guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
@@ -177,7 +180,7 @@ def train(
     if (run_dir / BEST_CHECKPOINT).is_file():
         agent.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT)["agent"])
     test_rng = np.random.default_rng([config.seed, 2**20])
-    test_returns = agent.evaluate(split.test[: config.test_tasks], test_rng)
+    test_returns = agent.evaluate(_first_tasks(split.test, config.test_tasks), test_rng)
     result = RunResult(
         run_dir=run_dir,
         test_returns=test_returns,
@@ -213,6 +216,12 @@ def _curve_metrics(prefix: str, curve_label: str, curve: list[float]) -> dict[st
     """``validation/return_step_0..K`` (MAML) or ``validation/return_episode_1..n`` (RL²)."""
     first = 0 if curve_label == "step" else 1
     return {f"{prefix}/return_{curve_label}_{k + first}": value for k, value in enumerate(curve)}
+
+
+def _first_tasks(tasks: Sequence[Any], count: int) -> tuple[Any, ...]:
+    """The first ``count`` tasks of a split's set, cycling through it when it holds fewer (a family with only a
+    few distinct tasks evaluates each of them several times)."""
+    return tuple(tasks[i % len(tasks)] for i in range(count))
 
 
 def _new_run_dir(config: TrainConfig) -> Path:

@@ -213,27 +213,10 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _reset_mask(self, reset_mask: Any) -> np.ndarray:
-        if reset_mask is None:
-            return np.ones(self.num_envs, dtype=bool)
-        mask = reset_mask.cpu().numpy() if isinstance(reset_mask, torch.Tensor) else np.asarray(reset_mask)
-        if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
-            raise ValueError(
-                f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
-                f"got shape {mask.shape} dtype {mask.dtype}"
-            )
-        if not mask.any():
-            raise ValueError("options['reset_mask'] must select at least one sub-env")
-        return mask
+        return resolve_reset_mask(reset_mask, self.num_envs)
 
     def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        if seed is None:
-            return [None] * self.num_envs
-        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-            return [int(seed) + i for i in range(self.num_envs)]
-        seeds = list(seed)
-        if len(seeds) != self.num_envs:
-            raise ValueError(f"seed list must have one seed per sub-env ({self.num_envs}), got {len(seeds)}")
-        return seeds
+        return resolve_seeds(seed, self.num_envs)
 
     def _seed_streams(self, mask: np.ndarray, seeds: list[int | None]) -> None:
         """Draw stream keys (and default tasks) exactly as ``MetaEnv.reset`` does for each re-seeded sub-env."""
@@ -343,6 +326,34 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         raise NotImplementedError
 
 
+def resolve_reset_mask(reset_mask: Any, num_envs: int) -> np.ndarray:
+    """A vector env's ``options["reset_mask"]`` as a NumPy bool array (all sub-envs when ``None``), checked."""
+    if reset_mask is None:
+        return np.ones(num_envs, dtype=bool)
+    mask = reset_mask.cpu().numpy() if isinstance(reset_mask, torch.Tensor) else np.asarray(reset_mask)
+    if mask.shape != (num_envs,) or mask.dtype != np.bool_:
+        raise ValueError(
+            f"options['reset_mask'] must be a bool array of shape ({num_envs},), "
+            f"got shape {mask.shape} dtype {mask.dtype}"
+        )
+    if not mask.any():
+        raise ValueError("options['reset_mask'] must select at least one sub-env")
+    return mask
+
+
+def resolve_seeds(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
+    """One seed (or ``None``) per sub-env from a vector env's ``reset(seed=...)``: ``None``, an int ``s`` (sub-env
+    ``i`` gets ``s + i``, Gymnasium's convention) or one seed per sub-env."""
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(num_envs)]
+    seeds = list(seed)
+    if len(seeds) != num_envs:
+        raise ValueError(f"seed list must have one seed per sub-env ({num_envs}), got {len(seeds)}")
+    return seeds
+
+
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     # step() results are fresh tensors, so on the CPU the array can share their memory
     return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
@@ -368,12 +379,12 @@ def _info_to_numpy(info: dict[str, torch.Tensor], stepped: np.ndarray | None = N
 def set_vector_tasks(envs: gym.vector.VectorEnv, tasks: Sequence[Any]) -> None:
     """Give sub-env ``i`` of any vector env ``tasks[i]`` (effective at its next reset), in one call.
 
-    Native batched envs take them at once; Gymnasium's Sync/Async vector envs get them through ``set_attr``
-    on each sub-env's ``task`` property.
+    Native batched envs (anything with ``set_tasks``: :class:`TorchVectorEnv`, the MuJoCo batched env) take them
+    at once; Gymnasium's Sync/Async vector envs get them through ``set_attr`` on each sub-env's ``task`` property.
     """
     if len(tasks) != envs.num_envs:
         raise ValueError(f"need one task per sub-env ({envs.num_envs}), got {len(tasks)}")
-    if isinstance(envs, TorchVectorEnv):
+    if callable(getattr(envs, "set_tasks", None)):
         envs.set_tasks(tasks)
     else:
         envs.set_attr("task", list(tasks))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 
-from metarl.env import MetaEnv
+from metarl.env import TaskHolder
 from metarl.registry import make_family
 from metarl.tasks import TaskFamily, check_count
 from metarl.trials import (
@@ -33,10 +33,11 @@ class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
     """One trial per episode: ``num_episodes`` episodes of one task, seen through RL²'s input vector.
 
     ## Description
-    Wraps the single env of a task family (:class:`metarl.MetaEnv`) so that one episode of the wrapper is one
-    *trial*: ``num_episodes`` episodes of the inner env on the same task, played back to back. A recurrent agent
-    that keeps its hidden state for the whole wrapper episode (as SB3's ``RecurrentPPO`` does) is then trained as in
-    RL²: it must explore the task in the first episodes and exploit it in the later ones.
+    Wraps the single env of a task family (any env with the :class:`metarl.env.TaskHolder` mixin: a
+    :class:`metarl.MetaEnv`, a MuJoCo family's env) so that one episode of the wrapper is one *trial*:
+    ``num_episodes`` episodes of the inner env on the same task, played back to back. A recurrent agent that keeps
+    its hidden state for the whole wrapper episode (as SB3's ``RecurrentPPO`` does) is then trained as in RL²: it
+    must explore the task in the first episodes and exploit it in the later ones.
 
     Each trial's task is, in order of precedence: ``reset(options={"task": task})``; drawn uniformly from ``tasks``
     with the wrapper's generator (``np_random``); or sampled from the family's task distribution with it. The
@@ -80,7 +81,7 @@ class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
     """
 
     def __init__(self, env: gym.Env, num_episodes: int, tasks: Sequence[Any] | None = None) -> None:
-        if not isinstance(env, gym.Env) or not isinstance(env.unwrapped, MetaEnv):
+        if not isinstance(env, gym.Env) or not isinstance(env.unwrapped, TaskHolder):
             raise TypeError(
                 "TrialWrapper wraps a task family's single env (family.make_env() or gymnasium.make('MetaRL/...')), "
                 f"got {env!r}"
@@ -188,7 +189,7 @@ class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
         if episode_ended:
             self._episode_index += 1
             if self._episode_index < self.num_episodes:
-                # the same task (MetaEnv keeps it); no seed, so the inner env's random stream continues
+                # the same task (the family's env keeps it); no seed, so the inner env's random stream continues
                 observation, _ = self.env.reset()
         trial_over = self._episode_index == self.num_episodes
         self._needs_reset = trial_over

@@ -61,6 +61,7 @@ DEFAULT_REPEATS = 5
 DEFAULT_RL2_OUT = Path("benchmarks/rl2.json")
 DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 DEFAULT_OUT = Path("benchmarks/env_steps.json")
+DEFAULT_MUJOCO_OUT = Path("benchmarks/mujoco_env_steps.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of env steps, time RL² meta-iterations (trial rollout + PPO update) of the bandit and tabular "
         f"MDP presets at GRU sizes 256 and 128, separate and shared critic (default --out {DEFAULT_RL2_OUT})",
     )
+    parser.add_argument(
+        "--mujoco",
+        action="store_true",
+        help="instead of the light families, the MuJoCo batched env (1 thread and all CPUs) vs Gymnasium's "
+        f"SyncVectorEnv and AsyncVectorEnv and a bare mj_step loop, for {', '.join(MUJOCO_FAMILIES)} at "
+        f"{', '.join(map(str, MUJOCO_NUM_ENVS))} sub-envs (default --out {DEFAULT_MUJOCO_OUT})",
+    )
     return parser
 
 
@@ -419,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return benchmark_maml(args, argv)
     if args.rl2:
         return benchmark_rl2(args, argv)
+    if args.mujoco:
+        return benchmark_mujoco(args, argv)
     try:
         config = build_config(args)
     except ValueError as error:
@@ -645,6 +655,158 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
                 flush=True,
             )
     out = args.out or DEFAULT_RL2_OUT
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data
+
+
+# -- MuJoCo batched env -------------------------------------------------------------------------------------------
+MUJOCO_FAMILIES = ("MetaRL/HalfCheetahVel-v0", "MetaRL/AntVel-v0")
+MUJOCO_NUM_ENVS = (1, 64, 1024)
+ASYNC_MAX_ENVS = 64
+"""``AsyncVectorEnv`` runs one process per sub-env: beyond this many they would not fit a small machine."""
+
+
+class BareMjStep:
+    """The physical limit on one core: a plain loop of ``mujoco.mj_step`` on one ``MjData`` of the family's model,
+    the action held for the frame skip, the state reset to the initial one every horizon; no env around it. Shaped
+    like a one-sub-env vector env so that the benchmark's timing code runs it like the others."""
+
+    def __init__(self, family: Any) -> None:
+        import mujoco
+
+        self._mujoco = mujoco
+        self.family = family
+        self.num_envs = 1
+        self.single_action_space = family.action_space
+        self.model = family.model
+        self.data = mujoco.MjData(self.model)
+        self._elapsed = 0
+
+    def step(self, actions: np.ndarray) -> None:
+        if self._elapsed == self.family.horizon:
+            self._mujoco.mj_resetData(self.model, self.data)
+            self._elapsed = 0
+        self.data.ctrl[:] = actions[0]
+        self._mujoco.mj_step(self.model, self.data, nstep=self.family.frame_skip)
+        self._elapsed += 1
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def mujoco_runners(family: Any, num_envs: int, seed: int, threads: int) -> list[Runner]:
+    """The batched env (one thread and ``threads`` threads), Gymnasium's Sync and Async vector envs over the
+    single env, and the bare ``mj_step`` loop; all on the same tasks, reset with ``seed``."""
+    tasks = family.sample_tasks(np.random.default_rng(seed), num_envs)
+
+    def numpy_inputs(actions: np.ndarray) -> list[np.ndarray]:
+        return list(actions)
+
+    runners = []
+    for name, envs in (
+        ("batched_1_thread", family.make_vec_env(num_envs, tasks, num_threads=1)),
+        (f"batched_{threads}_threads", family.make_vec_env(num_envs, tasks, num_threads=min(threads, num_envs))),
+        ("sync", gym.vector.SyncVectorEnv([family.make_env] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)),
+        *(
+            [("async", gym.vector.AsyncVectorEnv([family.make_env] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP))]
+            if num_envs <= ASYNC_MAX_ENVS
+            else []
+        ),
+    ):
+        if not isinstance(envs, gym.vector.VectorEnv) or envs.metadata["autoreset_mode"] != AutoresetMode.NEXT_STEP:
+            raise TypeError(f"{name}: expected a vector env in NEXT_STEP autoreset mode, got {envs!r}")
+        set_vector_tasks(envs, tasks)
+        envs.reset(seed=seed)
+        runners.append(Runner(name, envs, envs.step, numpy_inputs, _no_op))
+    if num_envs == 1:
+        bare = BareMjStep(family)
+        runners.append(Runner("bare_mj_step", bare, bare.step, numpy_inputs, _no_op))  # type: ignore[arg-type]
+    return runners
+
+
+def benchmark_mujoco(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Env steps per second of the MuJoCo batched env against Gymnasium's vector envs and the bare ``mj_step`` loop.
+
+    For each family and number of sub-envs the implementations' repeats are interleaved and the median reported.
+    ``physics_per_thread_over_bare`` compares the batched env's physics steps per second per thread it used with
+    the bare loop's on one core (the physical limit: 1.0 means no overhead at all).
+    """
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else DEFAULT_REPEATS
+    if repeats < 1:
+        raise SystemExit(f"--repeats must be a positive integer, got {repeats}")
+    families = args.families if args.families != list(LIGHT_FAMILIES) else list(MUJOCO_FAMILIES)
+    num_envs_list = args.num_envs or ([1, 4] if args.quick else list(MUJOCO_NUM_ENVS))
+    threads = len(os.sched_getaffinity(0))
+    budget = QUICK_BUDGET if args.quick else dataclasses.replace(DEFAULT_BUDGET, target_seconds=args.target_seconds)
+    data: dict[str, Any] = {
+        "machine": machine_info(torch.device("cpu")),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"families": families, "num_envs": num_envs_list, "repeats": repeats, "threads": threads},
+        "results": [],
+        "ratios": [],
+    }
+    print(f"repeats={repeats} rollout threads={threads} (median env steps/s; bare: physics steps / frame skip)")
+    for family_id in families:
+        family = family_spec(family_id).make_family()
+        bare_rate = None
+        for num_envs in num_envs_list:
+            rng = np.random.default_rng(args.seed)
+            runners = mujoco_runners(family, num_envs, args.seed, threads)
+            try:
+                steps = [calibrate(runner, runner.envs.num_envs, budget, rng) for runner in runners]
+                inputs = [
+                    runner.to_inputs(random_actions(family.action_space, runner.envs.num_envs, n, rng))
+                    for runner, n in zip(runners, steps, strict=True)
+                ]
+                gc.collect()
+                rates: list[list[float]] = [[] for _ in runners]
+                for _ in range(repeats):
+                    for i, runner in enumerate(runners):
+                        rates[i].append(runner.envs.num_envs * steps[i] / time_steps(runner, inputs[i]))
+            finally:
+                for runner in runners:
+                    runner.envs.close()
+            median = {runner.name: statistics.median(rates[i]) for i, runner in enumerate(runners)}
+            for i, runner in enumerate(runners):
+                data["results"].append(
+                    {
+                        "family": family_id,
+                        "num_envs": runner.envs.num_envs,
+                        "implementation": runner.name,
+                        "median_steps_per_second": median[runner.name],
+                        "repeat_steps_per_second": rates[i],
+                    }
+                )
+            bare_rate = median.get("bare_mj_step", bare_rate)
+            batched_name = f"batched_{threads}_threads"
+            used = min(threads, num_envs)
+            ratio: dict[str, Any] = {
+                "family": family_id,
+                "num_envs": num_envs,
+                "batched_over_sync": median[batched_name] / median["sync"],
+                "batched_1_thread_over_sync": median["batched_1_thread"] / median["sync"],
+                "threads_used": used,
+            }
+            if "async" in median:
+                ratio["batched_over_async"] = median[batched_name] / median["async"]
+            if bare_rate is not None:
+                ratio["physics_per_thread_over_bare"] = median[batched_name] / used / bare_rate
+                ratio["physics_1_thread_over_bare"] = median["batched_1_thread"] / bare_rate
+            data["ratios"].append(ratio)
+            cells = "  ".join(f"{name} {format_rate(rate)}" for name, rate in median.items())
+            print(
+                f"{family_id:26s} {num_envs:5d}  {cells}  | batched/sync {ratio['batched_over_sync']:.1f}x"
+                + (
+                    f"  per-thread/bare {ratio['physics_per_thread_over_bare']:.2f}"
+                    if "physics_per_thread_over_bare" in ratio
+                    else ""
+                ),
+                flush=True,
+            )
+    out = args.out or DEFAULT_MUJOCO_OUT
     write_json_atomic(out, data)
     print(f"wrote {out}")
     return data

@@ -1,7 +1,7 @@
 """Shared set-up of the test suite: one torch thread, the suite's families registered, and a registry-wide parametrize.
 
-Any test that takes a ``family_id`` argument runs once per suite family; the ``family`` fixture builds that family
-with its registered defaults.
+Any test that takes a ``family_id`` argument runs once per suite family (once per family of the module's
+``TESTED_FAMILY_IDS``, when it sets one); the ``family`` fixture builds that family with its registered defaults.
 """
 
 from __future__ import annotations
@@ -23,10 +23,19 @@ import metarl  # noqa: E402
 from metarl.tasks import TaskFamily  # noqa: E402
 
 SUITE_FAMILY_IDS = (
+    "MetaRL/AntDir-v0",
+    "MetaRL/AntDir2D-v0",
+    "MetaRL/AntGoal-v0",
+    "MetaRL/AntVel-v0",
     "MetaRL/Bandit-v0",
+    "MetaRL/HalfCheetahDir-v0",
+    "MetaRL/HalfCheetahRandParams-v0",
+    "MetaRL/HalfCheetahVel-v0",
+    "MetaRL/HopperRandParams-v0",
     "MetaRL/Navigation2D-v0",
     "MetaRL/SparsePointRobot-v0",
     "MetaRL/TabularMDP-v0",
+    "MetaRL/Walker2dRandParams-v0",
 )
 """The ids ``import envs`` must register (checked in test_env_contract)."""
 
@@ -39,15 +48,30 @@ FAMILY_IDS = [
 """Every family the suite registers (families registered by tests themselves are left out)."""
 
 
+LIGHT_FAMILY_IDS = [
+    env_id
+    for env_id in FAMILY_IDS
+    if issubclass(metarl.registry.family_spec(env_id).family_class.vector_env_class or object, metarl.TorchVectorEnv)
+]
+"""The families with a torch-native batched env (:class:`metarl.TorchVectorEnv`); a test module about that env
+sets ``TESTED_FAMILY_IDS = LIGHT_FAMILY_IDS``."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "family_id" in metafunc.fixturenames:
-        metafunc.parametrize("family_id", FAMILY_IDS)
+        metafunc.parametrize("family_id", getattr(metafunc.module, "TESTED_FAMILY_IDS", FAMILY_IDS))
 
 
 @pytest.fixture
 def family(family_id: str) -> TaskFamily:
     """The family ``family_id`` built with its registered defaults."""
     return metarl.make_family(family_id)
+
+
+@pytest.fixture(params=LIGHT_FAMILY_IDS)
+def light_family(request: pytest.FixtureRequest) -> TaskFamily:
+    """Each family with a torch-native batched env, built with its registered defaults."""
+    return metarl.make_family(request.param)
 
 
 def random_actions(space: gym.Space, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import random_actions
+from conftest import LIGHT_FAMILY_IDS, random_actions
 from gymnasium.vector import AutoresetMode
 
 from envs import GoalTask, Navigation2D, SparsePointRobot
@@ -14,6 +14,7 @@ from metarl.vector import TorchVectorEnv
 
 NUM_ENVS = 16
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]
+TESTED_FAMILY_IDS = LIGHT_FAMILY_IDS  # the torch-native envs; the MuJoCo ones: test_mujoco_families.py
 
 
 def make_pair(family, mode: AutoresetMode, tasks=None) -> tuple[TorchVectorEnv, gym.vector.SyncVectorEnv]:

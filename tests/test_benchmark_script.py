@@ -52,3 +52,20 @@ def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Pat
         rates = [record[key] for key in ("rollout_steps_per_second", "update_steps_per_second")]
         assert all(rate > 0 for rate in rates)
         assert record["total_steps_per_second"] < min(rates)
+
+
+def test_quick_mujoco_benchmark_compares_batched_sync_async_and_bare(tmp_path: Path) -> None:
+    out = tmp_path / "mujoco.json"
+    data = load_script("benchmark").main(
+        ["--mujoco", "--quick", "--families", "MetaRL/HalfCheetahVel-v0", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    implementations = {(record["num_envs"], record["implementation"]) for record in data["results"]}
+    threads = data["settings"]["threads"]
+    for num_envs in (1, 4):
+        for name in ("batched_1_thread", f"batched_{threads}_threads", "sync", "async"):
+            assert (num_envs, name) in implementations
+    assert (1, "bare_mj_step") in implementations  # the physical limit, measured once per family
+    assert all(record["median_steps_per_second"] > 0 for record in data["results"])
+    for ratio in data["ratios"]:
+        assert ratio["batched_over_sync"] > 0 and ratio["physics_per_thread_over_bare"] > 0

@@ -99,13 +99,13 @@ def test_a_family_needs_env_classes_of_the_right_kind(example):
         name = "NoEnv"
         task_type = example.LineGoalTask
 
-    with pytest.raises(TypeError, match=r"NoEnv.env_class must be a metarl.MetaEnv subclass, got None"):
+    with pytest.raises(TypeError, match=r"NoEnv.env_class must be a gymnasium.Env with the metarl.TaskHolder mixin"):
         register_family(NoEnv)
 
     class WrongVectorEnv(NoEnv):
         env_class = example.LineGoalEnv
         vector_env_class = gym.vector.SyncVectorEnv
 
-    with pytest.raises(TypeError, match=r"vector_env_class must be None or a metarl.TorchVectorEnv subclass"):
+    with pytest.raises(TypeError, match=r"vector_env_class must be None or a gymnasium VectorEnv with set_tasks"):
         register_family(WrongVectorEnv)
     assert "MetaRL/NoEnv-v0" not in list_families()

@@ -14,7 +14,8 @@ from gymnasium.vector import AutoresetMode
 
 import metarl
 from envs import GoalTask, SparsePointRobot
-from metarl.env import MetaEnv
+from metarl.env import TaskHolder
+from metarl.mujoco_envs import MuJoCoFamily, MuJoCoVectorEnv
 from metarl.vector import TorchVectorEnv, set_vector_tasks
 
 # positions are unbounded by design (also ignored in pyproject's filterwarnings)
@@ -50,10 +51,11 @@ def test_import_envs_registers_the_suite_families():
 
 def test_check_env_passes(family_id):
     env = gym.make(family_id).unwrapped
-    assert isinstance(env, MetaEnv)
+    assert isinstance(env, TaskHolder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_env(env)
+        # MuJoCo's render modes need a display or an OpenGL context, which a headless test machine lacks
+        check_env(env, skip_render_check=isinstance(env.family, MuJoCoFamily))
     unexpected = [str(w.message) for w in caught if not EXPECTED_CHECKER_WARNING.search(str(w.message))]
     assert unexpected == []
 
@@ -71,7 +73,8 @@ def test_same_seed_rollouts_are_identical(family_id, family):
     assert envs[0].unwrapped.get_task() == envs[1].unwrapped.get_task()
     # another seed draws another default task (and another stream)
     other = rollout(envs[2], 18, num_steps, actions)
-    assert envs[2].unwrapped.get_task() != envs[0].unwrapped.get_task()
+    if family.num_distinct_tasks is None:  # with two tasks, another seed may well draw the same one
+        assert envs[2].unwrapped.get_task() != envs[0].unwrapped.get_task()
     if not isinstance(family, SparsePointRobot):  # random actions never earn a sparse reward
         assert not np.array_equal(first["rewards"], other["rewards"])
 
@@ -94,7 +97,7 @@ def two_distinct_tasks(family, seed: int = 0):
         distances = np.linalg.norm(goals[:, None] - goals[None], axis=-1)
         i, j = np.unravel_index(distances.argmax(), distances.shape)
         return tasks[i], tasks[j]
-    return tasks[0], tasks[1]
+    return tasks[0], next(task for task in tasks[1:] if task != tasks[0])
 
 
 def distinguishing_actions(family, task, num_steps: int) -> np.ndarray:
@@ -154,6 +157,8 @@ def test_set_task_is_effective_at_the_next_reset_only(family):
         for got, want in zip(result[:4], expected[:4], strict=True):
             np.testing.assert_array_equal(got, want)
         assert env.get_task() == task_a
+        if result[2] or result[3]:  # a robot that fell ends its episode early
+            break
     env.reset()
     assert env.get_task() == task_b
 
@@ -170,7 +175,7 @@ def test_task_attribute_assignment_is_set_task(family):
 
 def test_make_vec_vector_entry_point_is_native(family_id):
     envs = gym.make_vec(family_id, num_envs=4, vectorization_mode="vector_entry_point")
-    assert isinstance(envs, TorchVectorEnv)
+    assert isinstance(envs, TorchVectorEnv | MuJoCoVectorEnv)
     assert envs.num_envs == 4
     assert isinstance(envs.metadata["autoreset_mode"], AutoresetMode)
     assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
@@ -216,12 +221,14 @@ def test_gymnasium_vector_envs_take_per_subenv_tasks(family_id, family, mode):
 
 
 def test_episode_is_truncated_exactly_at_the_horizon(family_id, family):
-    env = gym.make(family_id)
+    if getattr(family, "terminates", False):  # a robot that can fall: a horizon it stands through doing nothing
+        family = metarl.make_family(family_id, horizon=5)
+    env = family.make_env()
     task = family.sample_tasks(np.random.default_rng(2), 1)[0]
     env.reset(seed=0, options={"task": task})
     if isinstance(family.action_space, gym.spaces.Discrete):
         action = 0
-    elif isinstance(task, GoalTask):
+    elif isinstance(task, GoalTask) and family.action_space.shape == (2,):
         # head away from the goal, so the robot never reaches it
         action = -np.sign(np.asarray(task.goal, dtype=np.float32)) * family.action_space.high
     else:

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import LIGHT_FAMILY_IDS
 from gymnasium.vector import AutoresetMode
 
 from agents.random_policy import RandomPolicy
@@ -16,6 +17,7 @@ from metarl.vector import TorchVectorEnv
 NUM_TASKS, EPISODES = 3, 2
 NUM_ENVS = NUM_TASKS * EPISODES
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]
+TESTED_FAMILY_IDS = LIGHT_FAMILY_IDS  # against the torch-native envs; the MuJoCo ones: test_mujoco_families.py
 
 
 def make_envs(family, kind: str, mode: AutoresetMode = AutoresetMode.NEXT_STEP) -> gym.vector.VectorEnv:

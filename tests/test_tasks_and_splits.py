@@ -26,7 +26,13 @@ def test_split_is_deterministic_for_a_seed(family):
     assert third == first
 
 
+def skip_if_few_tasks(family) -> None:
+    if family.num_distinct_tasks is not None:
+        pytest.skip("a family of a few tasks holds all of them in every set (test_mujoco_families.py)")
+
+
 def test_split_differs_between_seeds(family):
+    skip_if_few_tasks(family)
     first = family.split(seed=0, num_tasks=SPLIT_TASKS)
     second = family.split(seed=1, num_tasks=SPLIT_TASKS)
     assert first != second
@@ -37,6 +43,7 @@ def test_split_differs_between_seeds(family):
     ("num_tasks", "fractions"), [(SPLIT_TASKS, DEFAULT_SPLIT_FRACTIONS), (50, (0.6, 0.2, 0.2)), (7, (0.5, 0.0, 0.5))]
 )
 def test_split_sets_are_disjoint_and_sized_by_the_fractions(family, num_tasks, fractions):
+    skip_if_few_tasks(family)
     split = family.split(seed=11, num_tasks=num_tasks, fractions=fractions)
     train, validation, test = set(split.train), set(split.validation), set(split.test)
     assert (len(train), len(validation), len(test)) == split_sizes(num_tasks, fractions)
@@ -59,6 +66,7 @@ def test_split_rejects_unknown_set_name(family):
 
 
 def test_split_sizes_follow_the_fractions(family):
+    skip_if_few_tasks(family)
     split = family.split(seed=0, num_tasks=SPLIT_TASKS)
     assert (len(split.train), len(split.validation), len(split.test)) == (160, 20, 20)
 
@@ -134,7 +142,7 @@ def test_sample_tasks_rejects_bad_num_tasks(family, num_tasks, error):
 def test_sampled_tasks_are_valid_hashable_frozen_dataclasses(family):
     tasks = family.sample_tasks(np.random.default_rng(0), 20)
     assert len(tasks) == 20
-    assert len(set(tasks)) == 20
+    assert len(set(tasks)) == (family.num_distinct_tasks or 20)
     for task in tasks:
         assert type(task) is family.task_type
         assert dataclasses.is_dataclass(task)

@@ -132,7 +132,7 @@ def test_wrapper_equals_collect_trials(family_id, family):
     if isinstance(family, Navigation2D):
         assert lengths[0] < family.horizon  # NUM_EPISODES episodes that all ended early (goal reached)
         assert lengths[-1] == NUM_EPISODES * family.horizon  # random actions: truncations
-    else:
+    elif not getattr(family, "terminates", False):  # (a robot that falls ends its episodes early)
         assert lengths == [NUM_EPISODES * family.horizon] * num_trials
     if isinstance(family, SparsePointRobot):
         assert batch.rewards[0].any()
@@ -169,7 +169,8 @@ def test_flags_episodes_and_tasks_follow_the_trial(family_id, family):
         assert env.episode_index == NUM_EPISODES
         with pytest.raises(RuntimeError, match="after the trial ended"):
             env.step(random_actions(family.action_space, rng, ()))
-    assert trial_tasks[0] != trial_tasks[1]  # a fresh task per trial
+    if family.num_distinct_tasks is None:  # (two directions: the next trial may draw the same one)
+        assert trial_tasks[0] != trial_tasks[1]  # a fresh task per trial
 
 
 def test_first_step_encodes_no_previous_action(family):
@@ -181,6 +182,8 @@ def test_first_step_encodes_no_previous_action(family):
 
 
 def test_trial_tasks_are_drawn_with_the_seeded_generator(family):
+    if family.num_distinct_tasks is not None:
+        pytest.skip("needs more than a few distinct tasks")
     given = family.sample_tasks(np.random.default_rng(1), 3)
 
     def task_sequence(seed: int, tasks) -> list:
