@@ -16,6 +16,8 @@ The curvature TRPO needs is the Hessian of the mean KL between the old and the n
 current point it equals Jᵀ F J, with J = ∂θ'/∂θ the Jacobian of the adaptation and F the Fisher matrix at the
 adapted parameters (the KL's gradient vanishes there), so a Hessian-vector product is one Jacobian-vector product,
 one Fisher-vector product and one vector-Jacobian product: second derivatives of the inner loss only, never third.
+The Fisher-vector product is the closed form of the policy (``fisher_product``: one forward-mode and one reverse
+pass through the MLP), not a double backward through the KL.
 
 References:
     Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
@@ -119,7 +121,10 @@ class MAML:
         episodes = self.config.episodes_per_task
         envs = self.envs(len(tasks) * episodes)
         detached = None if params is None else {name: value.detach() for name, value in params.items()}
-        return collect_episodes(envs, self.family, tasks, episodes, self.policy.act, params=detached, seed=seed)
+        # the batch on the policy's device, also when the env is a host-side one (the MuJoCo families')
+        return collect_episodes(
+            envs, self.family, tasks, episodes, self.policy.act, params=detached, seed=seed, device=self.device
+        )
 
     def process(self, batch: EpisodeBatch) -> PolicyGradientData:
         """Advantages for the policy gradient: GAE over the linear feature baseline fitted per task."""
@@ -292,14 +297,7 @@ class MAML:
         # surrogate and KL that re-adapts at every candidate
         start = time.perf_counter()
         curvature_steps, curvature_post = self._curvature_data(adapted, steps, batch, second_order)
-        curvature_old = old_distribution
-        if curvature_post is not batch.post:  # the old policy on the subsampled episodes (equal to the current one)
-            curvature_old = _detach_distribution(
-                self.policy.distribution(curvature_post.observations, _detach(adapted))
-            )
-        hessian_vector_product = self._kl_hessian_vector_product(
-            theta, adapted, curvature_steps, curvature_post, curvature_old
-        )
+        hessian_vector_product = self._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post)
         curvature_setup_seconds = time.perf_counter() - start
 
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
@@ -389,7 +387,6 @@ class MAML:
         adapted: Params,
         steps: Sequence[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]],
         post: PolicyGradientData,
-        old_distribution: Any,
     ) -> Any:
         """v ↦ (Jᵀ F J + damping) v at the current meta-parameters (see the module docstring).
 
@@ -400,9 +397,10 @@ class MAML:
         over tasks.
         """
         num_tasks = post.observations.shape[0]
-        adapted_leaf = {name: value.detach().requires_grad_() for name, value in adapted.items()}
-        kl = self._mean_kl(self.policy.distribution(post.observations, adapted_leaf), old_distribution, post.masks)
-        kl_gradient = torch.autograd.grad(kl, list(adapted_leaf.values()), create_graph=True)
+        # the mean KL's weights: each task's real steps average, then the tasks do
+        weights = post.masks / post.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (post.masks.dim() - 1)) / num_tasks
+        fisher_product = self.policy.fisher_product(post.observations, adapted, weights)
+        names = list(adapted)
         damping = self.config.cg_damping
 
         def apply_factor(step: tuple, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -416,8 +414,8 @@ class MAML:
             ]
             for step in steps:
                 tangent = apply_factor(step, tangent)
-            directional = sum((g * t).sum() for g, t in zip(kl_gradient, tangent, strict=True))
-            cotangent = list(torch.autograd.grad(directional, list(adapted_leaf.values()), retain_graph=True))
+            fisher_tangent = fisher_product(dict(zip(names, tangent, strict=True)))
+            cotangent = [fisher_tangent[name] for name in names]
             for step in reversed(steps):
                 cotangent = apply_factor(step, cotangent)
             return flatten_tensors([c.sum(dim=0) for c in cotangent]) + damping * vector

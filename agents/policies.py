@@ -149,6 +149,48 @@ class _MLPPolicy(nn.Module):
         """``KL(old_distribution || policy(observations, params))`` per batch element (see :func:`kl`)."""
         return kl(old_distribution, self.distribution(observations, params))
 
+    def fisher_product(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor], weights: torch.Tensor
+    ) -> Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """The operator ``v ↦ F v`` of the weighted Fisher matrix at ``params``: ``F = Σ_i w_i J_iᵀ H_i J_i``, with
+        ``J_i`` the Jacobian of the distribution's parameters at ``observations[i]`` and ``H_i`` the Hessian of
+        ``KL(π_i ‖ ·)`` in them.
+
+        ``F`` is the Hessian of ``Σ_i w_i KL(old_i ‖ new_i)`` at new = old (TRPO's curvature) without the network's
+        second derivatives, which the KL's vanishing gradient there multiplies by zero: one forward-mode and one
+        reverse-mode pass through the MLP per product instead of a double backward. ``weights`` has the shape of
+        ``observations`` without the last dim; ``v`` and the result are dicts shaped like ``params``.
+        """
+        params = {name: value.detach() for name, value in params.items()}
+        layer_names = [name for name in params if name.startswith("layers.")]
+
+        def outputs(*layer_values: torch.Tensor) -> torch.Tensor:
+            return self._mlp(observations, {**params, **dict(zip(layer_names, layer_values, strict=True))})[0]
+
+        primals = tuple(params[name] for name in layer_names)
+        output, output_vjp = torch.func.vjp(outputs, *primals)  # the reverse pass is built once, reused per product
+
+        def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            _, output_tangent = torch.func.jvp(outputs, primals, tuple(vector[name] for name in layer_names))
+            cotangent = self._output_fisher(output, params, output_tangent) * weights.unsqueeze(-1)
+            result = dict(zip(layer_names, output_vjp(cotangent), strict=True))
+            result.update(self._extra_fisher(params, weights, vector))
+            return {name: result[name] for name in params}
+
+        return product
+
+    def _output_fisher(
+        self, output: torch.Tensor, params: Mapping[str, torch.Tensor], output_tangent: torch.Tensor
+    ) -> torch.Tensor:
+        """``H_i`` times the MLP output's tangent, per sample."""
+        raise NotImplementedError
+
+    def _extra_fisher(
+        self, params: Mapping[str, torch.Tensor], weights: torch.Tensor, vector: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The Fisher's blocks of the parameters outside the MLP (none by default)."""
+        return {}
+
     @torch.no_grad()
     def act(
         self,
@@ -207,15 +249,33 @@ class GaussianMLPPolicy(_MLPPolicy):
     ) -> Distribution:
         """``Independent(Normal(mean, std), 1)`` at ``observations``: ``log_prob`` sums over action dims."""
         params = self._resolve(params)
-        mean, lead = self._mlp(observations, params)
-        # log_std [*lead, act] -> [*lead, 1, ..., 1, act] to broadcast over the observations' middle dims
-        middle = mean.dim() - len(lead) - 1
-        log_std = params["log_std"].reshape(*lead, *([1] * middle), self.action_dim)
-        std = torch.exp(torch.clamp(log_std, min=MIN_LOG_STD)).expand_as(mean)
-        return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)
+        mean, _ = self._mlp(observations, params)
+        return Independent(Normal(mean, self._std(mean, params), validate_args=False), 1, validate_args=False)
 
     def _mode(self, distribution: Distribution) -> torch.Tensor:
         return distribution.mean
+
+    def _output_fisher(
+        self, output: torch.Tensor, params: Mapping[str, torch.Tensor], output_tangent: torch.Tensor
+    ) -> torch.Tensor:
+        # KL(N(μ_old, σ) ‖ N(μ, σ)) = |μ - μ_old|² / 2σ² + ...: its Hessian in the mean is 1/σ²
+        return output_tangent / self._std(output, params).square()
+
+    def _extra_fisher(
+        self, params: Mapping[str, torch.Tensor], weights: torch.Tensor, vector: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        # in log σ the KL's Hessian is 2 per dim (0 where the clamp holds log σ), and it has no mean-log σ cross term
+        log_std = params["log_std"]
+        lead = log_std.dim() - 1
+        total_weight = weights.flatten(lead).sum(-1).unsqueeze(-1) if lead else weights.sum()
+        return {"log_std": 2.0 * total_weight * (log_std >= MIN_LOG_STD) * vector["log_std"]}
+
+    def _std(self, mean: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The standard deviation broadcast like ``mean`` (its leading dims are the params' task dims)."""
+        lead = params["log_std"].dim() - 1
+        middle = mean.dim() - lead - 1
+        log_std = params["log_std"].reshape(*params["log_std"].shape[:-1], *([1] * middle), self.action_dim)
+        return torch.exp(torch.clamp(log_std, min=MIN_LOG_STD)).expand_as(mean)
 
 
 class CategoricalMLPPolicy(_MLPPolicy):
@@ -247,6 +307,13 @@ class CategoricalMLPPolicy(_MLPPolicy):
 
     def _mode(self, distribution: Distribution) -> torch.Tensor:
         return distribution.logits.argmax(dim=-1)
+
+    def _output_fisher(
+        self, output: torch.Tensor, params: Mapping[str, torch.Tensor], output_tangent: torch.Tensor
+    ) -> torch.Tensor:
+        # the Hessian of KL(p ‖ softmax(z)) in the logits z at p is diag(p) - p pᵀ
+        probs = torch.softmax(output, dim=-1)
+        return probs * output_tangent - probs * (probs * output_tangent).sum(dim=-1, keepdim=True)
 
 
 def kl(old: Distribution, new: Distribution) -> torch.Tensor:

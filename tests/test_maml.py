@@ -123,7 +123,7 @@ def test_kl_hessian_vector_product_equals_double_backward(num_inner_steps, env_i
     theta = dict(agent.policy.named_parameters())
     adapted, steps = agent._adapt_with_steps(theta, batch.inner, create_graph=True)
     old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(adapted)))
-    product = agent._kl_hessian_vector_product(theta, adapted, steps, batch.post, old)
+    product = agent._kl_hessian_vector_product(theta, adapted, steps, batch.post)
 
     # naive: differentiate the KL through the adaptation twice (third derivatives of the inner loss included)
     kl = agent._mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.masks)
@@ -165,8 +165,7 @@ def test_fast_mode_curvature_is_symmetric_positive_definite_and_cheaper_data():
     adapted, steps = agent._adapt_with_steps(theta, batch.inner, create_graph=True)
     curvature_steps, curvature_post = agent._curvature_data(adapted, steps, batch, second_order=True)
     assert curvature_post.observations.shape[1] == 1  # half of 2 episodes per task
-    old = _detach_distribution(agent.policy.distribution(curvature_post.observations, _detach(adapted)))
-    product = agent._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post, old)
+    product = agent._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post)
     generator = torch.Generator().manual_seed(7)
     size = sum(value.numel() for value in theta.values())
     u, v = (torch.randn(size, generator=generator, dtype=torch.float64) for _ in range(2))

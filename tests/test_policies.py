@@ -12,7 +12,7 @@ from torch.distributions import Categorical, Independent, Normal, kl_divergence
 from torch.func import functional_call, vmap
 
 import metarl
-from agents.policies import CategoricalMLPPolicy, GaussianMLPPolicy, batch_params, kl, make_policy
+from agents.policies import MIN_LOG_STD, CategoricalMLPPolicy, GaussianMLPPolicy, batch_params, kl, make_policy
 from metarl.rollout import collect_episodes
 
 OBS_DIM, ACT_DIM, NUM_ACTIONS = 3, 2, 4
@@ -382,3 +382,38 @@ def test_bad_params_and_observations(policy) -> None:
         batch_params(dict(policy.named_parameters()), 0)
     with pytest.raises(ValueError, match="init_log_std"):
         GaussianMLPPolicy(OBS_DIM, ACT_DIM, init_log_std=float("nan"))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_fisher_product_equals_the_kl_hessian(kind, lead):
+    """The closed-form Fisher-vector product is the Hessian of the weighted KL(old ‖ new) at new = old."""
+    torch.manual_seed(0)
+    policy = (GaussianMLPPolicy(3, 2) if kind == "gaussian" else CategoricalMLPPolicy(3, 4)).double()
+    params = {
+        name: (value.detach().expand(*lead, *value.shape) + 0.1 * torch.randn(*lead, *value.shape, dtype=torch.float64))
+        for name, value in policy.named_parameters()
+    }
+    if kind == "gaussian":  # one entry held by the clamp: its block of the Fisher is zero
+        params["log_std"] = params["log_std"].clone()
+        params["log_std"][..., 0] = MIN_LOG_STD - 1.0
+    observations = torch.randn(*lead, 5, 7, 3, dtype=torch.float64)
+    weights = torch.rand(*lead, 5, 7, dtype=torch.float64)
+    old = policy.distribution(observations, params)
+    old = (
+        torch.distributions.Independent(torch.distributions.Normal(old.mean.detach(), old.stddev.detach()), 1)
+        if kind == "gaussian"
+        else torch.distributions.Categorical(logits=old.logits.detach())
+    )
+    leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
+    weighted_kl = (kl(old, policy.distribution(observations, leaves)) * weights).sum()
+    gradient = torch.autograd.grad(weighted_kl, list(leaves.values()), create_graph=True)
+    product = policy.fisher_product(observations, params, weights)
+    for _ in range(2):
+        vector = {name: torch.randn_like(value) for name, value in params.items()}
+        directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
+        expected = torch.autograd.grad(directional, list(leaves.values()), retain_graph=True)
+        got = product(vector)
+        assert list(got) == list(params)
+        for name, want in zip(leaves, expected, strict=True):
+            torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
