@@ -61,6 +61,8 @@ class MetaBatch(NamedTuple):
     post: PolicyGradientData
     returns: list[float]
     """Mean episode return before adaptation and after each step (``K + 1`` numbers)."""
+    task_returns: list[torch.Tensor]
+    """The same per task: ``K + 1`` tensors ``[T]``, each task's mean episode return."""
     adapted: Params | None
     """Each task's parameters after the last step (leading task dim), as used to collect ``post``."""
 
@@ -199,14 +201,16 @@ class MAML:
         """Collect pre-adaptation episodes, adapt step by step collecting after each step (no meta-gradient)."""
         inner: list[PolicyGradientData] = []
         returns: list[float] = []
+        task_returns: list[torch.Tensor] = []
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
         for step_size in [*self.step_sizes(num_steps, evaluation), None]:
             batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)))
             returns.append(batch.returns.mean().item())
+            task_returns.append(batch.returns.mean(dim=1))
             data = self.process(batch)
             if step_size is None:
-                return MetaBatch(inner, data, returns, adapted)
+                return MetaBatch(inner, data, returns, task_returns, adapted)
             inner.append(data)
             with torch.enable_grad():
                 current = batch_params(params, len(tasks)) if adapted is None else adapted
@@ -438,6 +442,16 @@ class MAML:
         (default ``config.eval_steps``)."""
         num_steps = self.config.eval_steps if num_steps is None else num_steps
         return self.sample(tasks, rng, num_steps, evaluation=True).returns
+
+    def default_num_points(self) -> int:
+        """Points of the evaluation curve: before adaptation and after each of ``config.eval_steps`` steps."""
+        return self.config.eval_steps + 1
+
+    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
+        """``[num_points, T]``: each task's mean episode return before adaptation and after each of
+        ``num_points - 1`` policy-gradient steps (the evaluation step sizes)."""
+        batch = self.sample(tasks, rng, num_points - 1, evaluation=True)
+        return torch.stack(batch.task_returns).cpu().numpy().astype(np.float64)
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the return after the trained number of steps."""

@@ -190,14 +190,20 @@ class RL2:
             extras["state"] = state.movedim(0, 1)  # [N, G, H]: where a truncated-BPTT chunk starts from
         return actions, next_state, extras
 
-    def collect(self, tasks: Sequence[Any], rng: np.random.Generator) -> TrialBatch:
-        """One trial of ``trial_episodes`` episodes per task, all in parallel."""
+    def collect(self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int | None = None) -> TrialBatch:
+        """One trial of ``num_episodes`` episodes (default ``trial_episodes``) per task, all in parallel."""
         num_trials = len(tasks)
         if num_trials not in self._envs:
             self._envs[num_trials] = make_trial_envs(self.family, num_trials, device=self.device)
         seed = int(rng.integers(2**31 - num_trials))
         return collect_trials(
-            self._envs[num_trials], self.family, tasks, self.config.trial_episodes, self, seed=seed, device=self.device
+            self._envs[num_trials],
+            self.family,
+            tasks,
+            self.config.trial_episodes if num_episodes is None else num_episodes,
+            self,
+            seed=seed,
+            device=self.device,
         )
 
     # -- the meta-trainer's protocol ------------------------------------------------------------------------------
@@ -219,10 +225,22 @@ class RL2:
         """Mean return of each episode of a trial on ``tasks``: how the agent adapts over the trial."""
         return self.evaluate_trials(tasks, rng).episode_returns.mean(dim=0).tolist()
 
-    def evaluate_trials(self, tasks: Sequence[Any], rng: np.random.Generator) -> TrialBatch:
+    def evaluate_trials(
+        self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int | None = None
+    ) -> TrialBatch:
         """One trial per task with the current policy (actions sampled, as in training)."""
         self.policy.eval()
-        return self.collect(tasks, rng)
+        return self.collect(tasks, rng, num_episodes)
+
+    def default_num_points(self) -> int:
+        """Points of the evaluation curve: the episodes of a trial as trained."""
+        return self.config.trial_episodes
+
+    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
+        """``[num_points, T]``: each task's return in each episode of one trial of ``num_points`` episodes (the
+        hidden state carried across them; more episodes than trained on measure how the agent extrapolates)."""
+        batch = self.evaluate_trials(tasks, rng, num_points)
+        return batch.episode_returns.T.cpu().numpy().astype(np.float64)
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the mean total reward of a trial."""

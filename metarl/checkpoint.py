@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+LAST_CHECKPOINT = "last.pt"
+"""A run folder's latest state (everything needed to resume)."""
+BEST_CHECKPOINT = "best.pt"
+"""A run folder's agent as kept by validation (what evaluations use)."""
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from metarl.config import ALGORITHMS
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
+from metarl.evaluate import CHECKPOINTS, SPLITS
 from metarl.registry import family_spec, list_families
 from metarl.rollout import collect_episodes
 
@@ -67,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="fast adaptation of trained runs on held-out test tasks: tables, JSON, CSV and a plot",
+        description="Evaluate the agent of each run folder on a split (the held-out test tasks by default) for "
+        "several seeds: mean return at each adaptation point with a 95%% bootstrap interval over tasks. Each run "
+        "gets evaluation/<split>-<checkpoint>.{json,csv,png} in its folder; several runs also a comparison in --out.",
+    )
+    evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by metarl train")
+    evaluate.add_argument("--split", choices=SPLITS, default="test", help="which tasks (default: test, held out)")
+    evaluate.add_argument("--tasks", type=_positive_int, default=None, help="tasks (default: the run's test_tasks)")
+    evaluate.add_argument(
+        "--points",
+        type=_positive_int,
+        default=None,
+        help="adaptation points: MAML steps 0..N-1, RL² episodes 1..N (default: the run's eval_steps + 1 or "
+        "trial_episodes)",
+    )
+    evaluate.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0], help="evaluation seeds")
+    evaluate.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="best", help="default: best")
+    evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="device of the agents")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="folder of the comparison of several runs (default: runs/comparison)"
+    )
+
     demo = commands.add_parser("demo", help="roll out a random policy on held-out tasks of every family")
     demo.add_argument("--family", action="append", default=None, metavar="ID", help="family id (repeatable)")
     demo.add_argument("--tasks", type=_positive_int, default=8, help="held-out tasks per family (default 8)")
@@ -90,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _families()
         if args.command == "train":
             return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _demo(args)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
@@ -146,6 +173,35 @@ def _train(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{label:>8s}" for label in labels))
     print("  " + "  ".join(f"{value:8.2f}" for value in values))
     print(f"run folder: {result.run_dir}  ({result.iterations} iterations, {result.minutes:.1f} min)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from metarl.evaluate import comparison_table, evaluate_run, write_evaluation
+
+    for run in args.runs:  # every run folder checked before any is evaluated
+        if not Path(run).is_dir():
+            raise ValueError(f"no run folder at {run}")
+    evaluations = []
+    for run in args.runs:
+        evaluation = evaluate_run(
+            run,
+            split=args.split,
+            num_tasks=args.tasks,
+            num_points=args.points,
+            seeds=args.seeds,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            progress=True,
+        )
+        paths = write_evaluation([evaluation], Path(run) / "evaluation", f"{args.split}-{args.checkpoint}")
+        print(f"wrote {paths['json']}, .csv, .png", file=sys.stderr)
+        evaluations.append(evaluation)
+    if len(evaluations) > 1:
+        out = args.out or Path("runs") / "comparison"
+        paths = write_evaluation(evaluations, out, f"{args.split}-{args.checkpoint}")
+        print(f"wrote {paths['json']}, .csv, .png", file=sys.stderr)
+    print(comparison_table(evaluations))
     return 0
 
 

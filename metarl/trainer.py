@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from metarl.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
     load_checkpoint,
     restore_rng_states,
     rng_states,
@@ -40,9 +42,6 @@ from metarl.logging import RunLogger
 from metarl.registry import make_family
 from metarl.seeding import seed_everything
 from metarl.tasks import TaskFamily
-
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
 
 
 @dataclasses.dataclass
@@ -156,6 +155,7 @@ def train(
             if done % config.eval_interval == 0 or done == config.iterations:
                 curve = agent.evaluate(validation_tasks, task_rng)
                 metrics.update(_curve_metrics("validation", agent.curve_label, curve))
+                logger.log_curve(done, "validation", agent.curve_label, curve)
                 score = agent.selection_score(curve)
                 if score > best_validation:
                     best_validation = score

@@ -31,11 +31,11 @@ import torch
 
 import envs  # noqa: F401 - registers the families
 from agents.classical import classical_agent_names, make_classical_agent
-from metarl.checkpoint import load_checkpoint, write_text_atomically
+from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
 from metarl.config import load_config, load_run_config
 from metarl.device import set_threads
 from metarl.registry import make_family
-from metarl.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, train
+from metarl.trainer import train
 from metarl.trials import TrialBatch, collect_trials, make_trial_envs
 
 DEFAULT_OUT = Path("docs/results/rl2.md")

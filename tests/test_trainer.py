@@ -232,3 +232,15 @@ def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsy
     assert records[0] == {"iteration": 1, "errors/skipped_update": 1.0}
     assert "errors/skipped_update" not in records[1]
     assert all(torch.isfinite(value).all() for value in final_parameters(result.run_dir).values())
+
+
+def test_tensorboard_gets_the_adaptation_curve_at_each_evaluation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny_config(tmp_path))
+    events = EventAccumulator(str(result.run_dir), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("validation/adaptation_curve")
+    assert [image.step for image in images] == [2, 4]  # eval_interval 2 over 4 iterations
+    assert all(image.encoded_image_string.startswith(b"\x89PNG") for image in images)
+    assert [scalar.step for scalar in events.Scalars("validation/return_step_1")] == [2, 4]
