@@ -157,23 +157,27 @@ class MAML:
         sizes = list(self.config.eval_step_sizes if evaluation else self.config.inner_step_sizes)
         return [sizes[min(k, len(sizes) - 1)] for k in range(num_steps)]
 
-    def adapt(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
+    def adapt(
+        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool, num_tasks: int | None = None
+    ) -> Params:
         """Adapted parameters of every task (leading task dim) after one step per entry of ``inner``.
 
         ``create_graph`` keeps the graph of the inner gradients, so that the result can be differentiated through
-        them (second-order MAML); without it the inner gradients are constants (first order).
+        them (second-order MAML); without it the inner gradients are constants (first order). ``num_tasks`` is
+        needed only when ``inner`` is empty (no step: the parameters repeated per task).
         """
-        return self._adapt_with_steps(params, inner, create_graph)[0]
+        return self._adapt_with_steps(params, inner, create_graph, num_tasks)[0]
 
     def _adapt_with_steps(
-        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool
+        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool, num_tasks: int | None = None
     ) -> tuple[Params, list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]]]:
         """:meth:`adapt`, also returning each step's (input parameters, inner gradients, step size).
 
         With ``create_graph`` the gradients are differentiable in the inputs, so a backward from them with
         ``grad_outputs=V`` gives every task's inner-loss Hessian times its slice of V at once.
         """
-        num_tasks = inner[0].observations.shape[0]
+        # with no steps (the pretraining baseline's objective) the task count comes from the caller
+        num_tasks = inner[0].observations.shape[0] if inner else num_tasks
         adapted = batch_params(params, num_tasks)
         steps = []
         for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
@@ -287,7 +291,8 @@ class MAML:
 
         # surrogate gradient, differentiating through the inner loop
         start = time.perf_counter()
-        adapted, steps = self._adapt_with_steps(theta, batch.inner, create_graph=second_order)
+        num_tasks = batch.post.observations.shape[0]
+        adapted, steps = self._adapt_with_steps(theta, batch.inner, second_order, num_tasks)
         old_distribution = self.policy.distribution(batch.post.observations, _detach(adapted))
         old_log_probs = old_distribution.log_prob(batch.post.actions).detach()
         old_distribution = _detach_distribution(old_distribution)
@@ -309,7 +314,7 @@ class MAML:
                 name: value.requires_grad_() for name, value in unflatten_like(candidate, theta).items()
             }
             with torch.enable_grad():
-                candidate_adapted = _detach(self.adapt(candidate_params, batch.inner, create_graph=False))
+                candidate_adapted = _detach(self.adapt(candidate_params, batch.inner, False, num_tasks))
             with torch.no_grad():
                 candidate_loss, candidate_kl = self.surrogate(
                     candidate_adapted, batch.post, old_log_probs, old_distribution

@@ -161,7 +161,8 @@ class _MLPPolicy(nn.Module):
         reverse-mode pass through the MLP per product instead of a double backward. ``weights`` has the shape of
         ``observations`` without the last dim; ``v`` and the result are dicts shaped like ``params``.
         """
-        params = {name: value.detach() for name, value in params.items()}
+        # contiguous copies: forward-mode AD refuses expanded (broadcast) tensors, such as un-adapted batched params
+        params = {name: value.detach().contiguous() for name, value in params.items()}
         layer_names = [name for name in params if name.startswith("layers.")]
 
         def outputs(*layer_values: torch.Tensor) -> torch.Tensor:
@@ -171,7 +172,8 @@ class _MLPPolicy(nn.Module):
         output, output_vjp = torch.func.vjp(outputs, *primals)  # the reverse pass is built once, reused per product
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            _, output_tangent = torch.func.jvp(outputs, primals, tuple(vector[name] for name in layer_names))
+            tangents = tuple(vector[name].contiguous() for name in layer_names)
+            _, output_tangent = torch.func.jvp(outputs, primals, tangents)
             cotangent = self._output_fisher(output, params, output_tangent) * weights.unsqueeze(-1)
             result = dict(zip(layer_names, output_vjp(cotangent), strict=True))
             result.update(self._extra_fisher(params, weights, vector))

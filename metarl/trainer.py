@@ -77,6 +77,14 @@ def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) ->
         from agents.rl2 import RL2
 
         return RL2(family, config, device)
+    if config.algo == "pretrain-trpo":
+        from agents.pretrain import MultiTaskPretrain
+
+        return MultiTaskPretrain(family, config, device)
+    if config.algo == "random":
+        from agents.random_policy import RandomAgent
+
+        return RandomAgent(family, config, device)
     raise ValueError(f"unknown algo {config.algo!r}")
 
 

@@ -1,0 +1,83 @@
+"""The baselines the evaluator compares meta-learners with: multi-task pretraining (fine-tuned like MAML) and
+the random policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN_CONFIG
+
+import envs  # noqa: F401 - registers the families
+from agents.maml import _detach
+from agents.pretrain import MultiTaskPretrain
+from agents.random_policy import RandomAgent
+from metarl.config import config_from_dict
+from metarl.evaluate import evaluate_run
+from metarl.optim import flatten_tensors
+from metarl.registry import make_family
+from metarl.trainer import train
+
+
+def pretrain_agent():
+    config = config_from_dict({**TINY_TRAIN_CONFIG, "algo": "pretrain-trpo"})
+    family = make_family(config.family, **config.family_kwargs)
+    torch.manual_seed(0)
+    return MultiTaskPretrain(family, config, torch.device("cpu")), family
+
+
+def test_pretraining_objective_has_no_inner_loop():
+    agent, family = pretrain_agent()
+    tasks = family.sample_tasks(np.random.default_rng(0), 3)
+    batch = agent.sample(tasks, np.random.default_rng(1), num_steps=0, evaluation=False)
+    assert batch.inner == [] and len(batch.returns) == 1
+    theta = dict(agent.policy.named_parameters())
+    adapted = agent.adapt(theta, batch.inner, create_graph=False, num_tasks=3)
+    for name, value in adapted.items():
+        assert torch.equal(value, theta[name].expand(3, *theta[name].shape))
+    # the surrogate's gradient at the old policy is the plain policy gradient of the pooled tasks
+    old = agent.policy.distribution(batch.post.observations, _detach(adapted))
+    loss, _ = agent.surrogate(adapted, batch.post, old.log_prob(batch.post.actions).detach(), old)
+    gradient = torch.autograd.grad(loss, list(theta.values()))
+    log_probs = agent.policy.log_prob(batch.post.observations, batch.post.actions)
+    masks = batch.post.masks
+    per_task = (log_probs * batch.post.advantages * masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    expected = torch.autograd.grad(-per_task.mean(), list(theta.values()))
+    torch.testing.assert_close(flatten_tensors(gradient), flatten_tensors(expected))
+
+
+def test_pretraining_takes_trust_region_steps():
+    agent, family = pretrain_agent()
+    before = flatten_tensors([value.detach().clone() for value in agent.policy.parameters()])
+    metrics = agent.train_step(family.sample_tasks(np.random.default_rng(0), 3), np.random.default_rng(1))
+    after = flatten_tensors([value.detach() for value in agent.policy.parameters()])
+    assert metrics["losses/line_search_accepted"] == 1.0
+    assert 0.0 < metrics["losses/kl"] <= agent.config.max_kl * 1.5
+    assert not torch.equal(before, after)
+
+
+def test_pretrain_and_random_runs_are_evaluated_like_any_agent(tmp_path):
+    for algo in ("pretrain-trpo", "random"):
+        run = train(config_from_dict({**TINY_TRAIN_CONFIG, "algo": algo}), run_dir=tmp_path / algo).run_dir
+        evaluation = evaluate_run(run, num_tasks=3, num_points=3)
+        assert (evaluation.algo, evaluation.curve_label, evaluation.points) == (algo, "step", (0, 1, 2))
+        assert np.isfinite(evaluation.returns).all()
+
+
+def test_random_agent_does_not_adapt():
+    config = config_from_dict({**TINY_TRAIN_CONFIG, "algo": "random", "episodes_per_task": 20})
+    family = make_family(config.family, **config.family_kwargs)
+    agent = RandomAgent(family, config, torch.device("cpu"))
+    tasks = family.sample_tasks(np.random.default_rng(0), 30)
+    curve = agent.adaptation_returns(tasks, np.random.default_rng(0), 3)
+    assert curve.shape == (3, 30)
+    assert not np.array_equal(curve[0], curve[1])  # fresh episodes at every point
+    # the same policy at every point: the mean moves by noise only (a few standard errors)
+    standard_error = curve.std() / np.sqrt(curve[0].size)
+    assert np.abs(curve.mean(axis=1) - curve.mean()).max() < 4 * standard_error
+    assert agent.state_dict() == {} and list(agent.policy.parameters()) == []
+
+
+@pytest.mark.parametrize("algo", ["pretrain-trpo", "random"])
+def test_baselines_are_algorithms_of_the_command_line(algo):
+    assert config_from_dict({"algo": algo}).algo == algo
