@@ -263,3 +263,20 @@ def test_family_ids_are_namespaced_and_versioned():
         spec = gym.spec(env_id)
         assert (spec.namespace, spec.name, spec.version) == ("MetaRL", family_class.name, family_class.version)
         assert (spec.vector_entry_point is not None) == (family_class.vector_env_class is not None)
+
+
+def test_stable_baselines3_vec_env_sets_tasks_with_env_method(family_id, family):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    envs = make_vec_env(family_id, n_envs=2, seed=0)
+    try:
+        tasks = family.sample_tasks(np.random.default_rng(3), 2)
+        for i, task in enumerate(tasks):
+            envs.env_method("set_task", task, indices=i)
+        envs.reset()
+        assert envs.env_method("get_task") == list(tasks)
+        actions = random_actions(family.action_space, np.random.default_rng(0), (2,))
+        _, rewards, _, _ = envs.step(actions)
+        assert rewards.shape == (2,)
+    finally:
+        envs.close()
