@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.rollout import collect_episodes
+from metarl.rollout import repeated_returns
 from metarl.tasks import TaskFamily
 
 
@@ -74,20 +74,10 @@ class RandomAgent:
         num_envs = len(tasks) * episodes
         if num_envs not in self._envs:
             self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
-        curve = []
-        for _ in range(num_points):
-            policy = RandomPolicy(self.family.action_space, seed=int(rng.integers(2**31)), device=self.device)
-            batch = collect_episodes(
-                self._envs[num_envs],
-                self.family,
-                tasks,
-                episodes,
-                policy,
-                seed=int(rng.integers(2**31)),
-                device=self.device,
-            )
-            curve.append(batch.returns.mean(dim=1).cpu().numpy().astype(np.float64))
-        return np.stack(curve)
+        policy = RandomPolicy(self.family.action_space, seed=int(rng.integers(2**31)), device=self.device)
+        return repeated_returns(
+            self._envs[num_envs], self.family, tasks, episodes, policy, rng, num_points, self.device
+        )
 
     def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
         return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2", "pretrain-trpo", "random")
+ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2", "pretrain-trpo", "oracle-ppo", "random")
 
 
 @dataclasses.dataclass
@@ -32,8 +32,8 @@ class TrainConfig:
     """Keyword arguments of the family (e.g. ``{"horizon": 200}``)."""
     algo: str = "maml-trpo"
     """The meta-learning algorithm: ``maml-trpo``, ``maml-ppo`` (ProMP with ``ppo_kl_coeff`` > 0), ``reptile`` or
-    ``rl2``; or a baseline: ``pretrain-trpo`` (multi-task pretraining, fine-tuned like MAML) or ``random`` (uniform
-    actions; nothing to train)."""
+    ``rl2``; or a baseline: ``pretrain-trpo`` (multi-task pretraining, fine-tuned like MAML), ``oracle-ppo`` (SB3's
+    PPO told the task: an upper bound) or ``random`` (uniform actions; nothing to train)."""
     seed: int = 0
     """Seeds torch, NumPy and Python, the task sampler and the env seeds."""
     split_seed: int = 0

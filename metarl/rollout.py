@@ -198,6 +198,30 @@ def collect_episodes(
     )
 
 
+def repeated_returns(
+    envs: gym.vector.VectorEnv,
+    family: TaskFamily,
+    tasks: Sequence[Any],
+    episodes_per_task: int,
+    policy: RolloutPolicy,
+    rng: np.random.Generator,
+    num_points: int,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """``[num_points, T]``: each task's mean episode return over ``episodes_per_task`` fresh episodes, at each of
+    ``num_points`` points: the adaptation curve of an agent that does not adapt (a baseline), for the evaluator.
+
+    The env seeds are drawn from ``rng``; a stochastic ``policy`` draws its own actions afresh at every point.
+    """
+    curve = []
+    for _ in range(num_points):
+        batch = collect_episodes(
+            envs, family, tasks, episodes_per_task, policy, seed=int(rng.integers(2**31)), device=device
+        )
+        curve.append(batch.returns.mean(dim=1).cpu().numpy().astype(np.float64))
+    return np.stack(curve)
+
+
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a ``[N]`` mask over the trailing dims of ``like``."""
     return mask.reshape(mask.shape[0], *([1] * (like.dim() - 1)))

@@ -81,6 +81,10 @@ def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) ->
         from agents.pretrain import MultiTaskPretrain
 
         return MultiTaskPretrain(family, config, device)
+    if config.algo == "oracle-ppo":
+        from agents.oracle import OraclePPO
+
+        return OraclePPO(family, config, device)
     if config.algo == "random":
         from agents.random_policy import RandomAgent
 

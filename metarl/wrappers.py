@@ -1,4 +1,4 @@
-"""A Gymnasium wrapper that makes any task family a one-trial-per-episode env, the setting of RL².
+"""Gymnasium wrappers over a family's single env: one trial per episode (RL²'s setting), and the oracle's view.
 
 :class:`TrialWrapper` is for users who train their own recurrent agents with Stable-Baselines3 / sb3-contrib
 (``RecurrentPPO``) or any single-env Gymnasium code: one wrapper episode is one trial, ``num_episodes`` episodes of
@@ -29,7 +29,81 @@ from metarl.trials import (
 )
 
 
-class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
+class TaskDrawingWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
+    """Base of the wrappers that pick a task at every reset of a family's single env.
+
+    The task is, in order of precedence: ``reset(options={"task": task})``; drawn uniformly from ``tasks`` with the
+    wrapper's generator (``np_random``); or sampled from the family's task distribution with it. The wrapper's
+    generator is its own, seeded by ``reset(seed=s)`` from a child of ``s``'s ``SeedSequence``, so that the tasks
+    are independent of the inner env's random stream (which ``s`` seeds too).
+    """
+
+    def __init__(self, env: gym.Env, tasks: Sequence[Any] | None = None) -> None:
+        if not isinstance(env, gym.Env) or not isinstance(env.unwrapped, TaskHolder):
+            raise TypeError(
+                f"{type(self).__name__} wraps a task family's single env (family.make_env() or "
+                f"gymnasium.make('MetaRL/...')), got {env!r}"
+            )
+        super().__init__(env)
+        self.family: TaskFamily = env.unwrapped.family
+        """The inner env's task family."""
+        self.tasks: tuple[Any, ...] | None = None if tasks is None else _check_tasks(self.family, tasks)
+        """The tasks resets draw from, or ``None`` for the family's distribution."""
+        # Gymnasium's Wrapper forwards np_random to the inner env and forbids its own _np_random: hence new names
+        self._task_rng: np.random.Generator | None = None
+        self._task_rng_seed: int | None = None
+        self._task: Any = None
+
+    # -- the wrapper's own generator, which draws the tasks -----------------------------------------------------
+    @property
+    def np_random(self) -> np.random.Generator:
+        """The generator the tasks are drawn from (not the inner env's, which drives its dynamics)."""
+        if self._task_rng is None:
+            self._task_rng, self._task_rng_seed = seeding.np_random()
+        return self._task_rng
+
+    @np_random.setter
+    def np_random(self, value: np.random.Generator) -> None:
+        self._task_rng, self._task_rng_seed = value, -1
+
+    @property
+    def np_random_seed(self) -> int:
+        """The seed of :attr:`np_random` (-1 when it was set directly)."""
+        if self._task_rng_seed is None:
+            self._task_rng, self._task_rng_seed = seeding.np_random()
+        return self._task_rng_seed
+
+    @property
+    def task(self) -> Any:
+        """The task being played (``None`` before the first reset)."""
+        return self._task
+
+    def _draw_task(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, int | None]:
+        """The task of the episode a ``reset(seed, options)`` starts, and the checked seed for the inner env."""
+        options = dict(options or {})
+        task = options.pop("task", None)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; allowed: 'task'")
+        if task is not None:
+            task = self.family.check_task(task)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+                raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__} {seed!r}")
+            if seed < 0:
+                raise ValueError(f"seed must be a non-negative int or None, got {seed}")
+            seed = int(seed)
+            # a child of the seed: the tasks do not share random bits with the inner env, seeded with `seed` itself
+            child = np.random.SeedSequence(seed).spawn(1)[0]
+            self._task_rng, self._task_rng_seed = np.random.Generator(np.random.PCG64(child)), seed
+        if task is None:
+            if self.tasks is not None:
+                task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+            else:
+                task = self.family.sample_tasks(self.np_random, 1)[0]
+        return task, seed
+
+
+class TrialWrapper(TaskDrawingWrapper):
     """One trial per episode: ``num_episodes`` episodes of one task, seen through RL²'s input vector.
 
     ## Description
@@ -81,53 +155,15 @@ class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
     """
 
     def __init__(self, env: gym.Env, num_episodes: int, tasks: Sequence[Any] | None = None) -> None:
-        if not isinstance(env, gym.Env) or not isinstance(env.unwrapped, TaskHolder):
-            raise TypeError(
-                "TrialWrapper wraps a task family's single env (family.make_env() or gymnasium.make('MetaRL/...')), "
-                f"got {env!r}"
-            )
-        super().__init__(env)
-        self.family: TaskFamily = env.unwrapped.family
-        """The inner env's task family."""
+        super().__init__(env, tasks)
         self.num_episodes = check_count("num_episodes", num_episodes)
         """Inner episodes per trial."""
-        self.tasks: tuple[Any, ...] | None = None if tasks is None else _check_tasks(self.family, tasks)
-        """The tasks trials draw from, or ``None`` for the family's distribution."""
         self.observation_space = trial_observation_space(self.family)
-
-        # Gymnasium's Wrapper forwards np_random to the inner env and forbids its own _np_random: hence new names
-        self._task_rng: np.random.Generator | None = None
-        self._task_rng_seed: int | None = None
-        self._task: Any = None
         self._episode_index = 0
         self._needs_reset = True
         self._prev_action = initial_prev_actions(self.family.action_space, 1, "cpu")
         self._prev_reward = torch.zeros(1, dtype=torch.float32)
         self._episode_ended = torch.zeros(1, dtype=torch.float32)
-
-    # -- the wrapper's own generator, which draws the trials' tasks ---------------------------------------------
-    @property
-    def np_random(self) -> np.random.Generator:
-        """The generator the trials' tasks are drawn from (not the inner env's, which drives its dynamics)."""
-        if self._task_rng is None:
-            self._task_rng, self._task_rng_seed = seeding.np_random()
-        return self._task_rng
-
-    @np_random.setter
-    def np_random(self, value: np.random.Generator) -> None:
-        self._task_rng, self._task_rng_seed = value, -1
-
-    @property
-    def np_random_seed(self) -> int:
-        """The seed of :attr:`np_random` (-1 when it was set directly)."""
-        if self._task_rng_seed is None:
-            self._task_rng, self._task_rng_seed = seeding.np_random()
-        return self._task_rng_seed
-
-    @property
-    def task(self) -> Any:
-        """The task of the current trial (``None`` before the first reset)."""
-        return self._task
 
     @property
     def episode_index(self) -> int:
@@ -145,27 +181,7 @@ class TrialWrapper(gym.Wrapper[np.ndarray, Any, np.ndarray, Any]):
         Returns:
             The trial's first input vector and ``{"episode_index": 0, **inner reset info}``.
         """
-        options = dict(options or {})
-        task = options.pop("task", None)
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; allowed: 'task'")
-        if task is not None:
-            task = self.family.check_task(task)
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-                raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__} {seed!r}")
-            if seed < 0:
-                raise ValueError(f"seed must be a non-negative int or None, got {seed}")
-            seed = int(seed)
-            # a child of the seed: the tasks do not share random bits with the inner env, seeded with `seed` itself
-            child = np.random.SeedSequence(seed).spawn(1)[0]
-            self._task_rng, self._task_rng_seed = np.random.Generator(np.random.PCG64(child)), seed
-        if task is None:
-            if self.tasks is not None:
-                task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
-            else:
-                task = self.family.sample_tasks(self.np_random, 1)[0]
-
+        task, seed = self._draw_task(seed, options)
         observation, info = self.env.reset(seed=seed, options={"task": task})
         self._task = task
         self._episode_index = 0
@@ -228,6 +244,62 @@ def trial_observation_space(family: TaskFamily) -> gym.spaces.Box:
     high = np.concatenate([observation_space.high.ravel(), action_high, [np.inf, 1.0]]).astype(np.float32)
     assert low.shape == (trial_input_size(family),)  # the same layout as trial_input_vector
     return gym.spaces.Box(low, high, dtype=np.float32)
+
+
+class TaskObservationWrapper(TaskDrawingWrapper):
+    """The oracle's view of a family: every observation with the parameters of the task being played appended.
+
+    ## Description
+    Knowing the task, an agent needs no adaptation: a policy trained on this wrapper (with Stable-Baselines3's PPO,
+    say: the ``oracle-ppo`` baseline) bounds what a meta-learner can reach. Each reset picks a task as
+    :class:`TaskDrawingWrapper` says (from ``tasks``, a train split, for training).
+
+    ## Observation Space
+    ``Box(-inf, inf, (obs_dim + task_dim,), float32)``: the inner observation (flattened), then
+    :func:`task_vectors` of the task.
+
+    ## Action Space, Rewards, Starting State, Episode End
+    The inner env's.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    def __init__(self, env: gym.Env, tasks: Sequence[Any] | None = None) -> None:
+        super().__init__(env, tasks)
+        self.observation_space = task_observation_space(self.family)
+        self._task_vector = np.zeros(0, dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Reset the inner env with ``seed`` and the episode's task (``options={"task": task}`` chooses it)."""
+        task, seed = self._draw_task(seed, options)
+        observation, info = self.env.reset(seed=seed, options={"task": task})
+        self._task = task
+        self._task_vector = task_vectors(self.family, [task])[0]
+        return self._with_task(observation), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, Any, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return self._with_task(observation), reward, terminated, truncated, info
+
+    def _with_task(self, observation: Any) -> np.ndarray:
+        return np.concatenate([np.asarray(observation, dtype=np.float32).ravel(), self._task_vector])
+
+
+def task_vectors(family: TaskFamily, tasks: Sequence[Any]) -> np.ndarray:
+    """``[len(tasks), task_dim]`` float32: each task's parameters (``family.task_arrays``, every field flattened, in
+    field order) as one vector."""
+    arrays = family.task_arrays(list(tasks))
+    return np.concatenate([array.reshape(len(tasks), -1) for array in arrays.values()], axis=1).astype(np.float32)
+
+
+def task_observation_space(family: TaskFamily) -> gym.spaces.Box:
+    """The observation space of :class:`TaskObservationWrapper` for ``family``."""
+    if not isinstance(family.observation_space, gym.spaces.Box):
+        raise TypeError(f"the oracle's view needs a Box observation space, got {family.observation_space!r}")
+    example = family.sample_tasks(np.random.default_rng(0), 1)
+    size = int(np.prod(family.observation_space.shape)) + task_vectors(family, example).shape[1]
+    return gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
 
 
 def make_trial_env(

@@ -1,0 +1,140 @@
+"""The oracle baseline: Stable-Baselines3's PPO told the task, so that it needs no adaptation (an upper bound).
+
+The policy sees every observation with the parameters of the task appended
+(:class:`metarl.wrappers.TaskObservationWrapper`) and is trained with SB3's PPO on the pooled training tasks: each
+meta-iteration gives every one of ``meta_batch_size`` sub-envs a task of the meta-batch and runs one PPO rollout
+of ``episodes_per_task`` episodes per sub-env and its update. PPO's settings are the config's ``ppo_*``, ``gamma``,
+``gae_lambda``, ``max_grad_norm``, and its network ``hidden_sizes`` / ``activation`` (for policy and value).
+
+At evaluation it plays fresh episodes of each task at every point of the curve; knowing the task, it has nothing
+to adapt, so its curve is flat up to noise.
+
+Resuming an oracle run restores its policy, optimiser and step count but not SB3's rollout state (the envs start
+new episodes), so a resumed run is not bit-identical to an uninterrupted one, unlike the suite's own agents.
+
+References:
+    Raffin et al. "Stable-Baselines3: Reliable Reinforcement Learning Implementations", JMLR 2021.
+    Schulman et al. "Proximal Policy Optimization Algorithms", arXiv:1707.06347, 2017.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.rollout import repeated_returns
+from metarl.tasks import TaskFamily
+from metarl.wrappers import TaskObservationWrapper, task_vectors
+
+ACTIVATION_MODULES = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+
+
+def _minibatch_size(rollout_size: int, minibatches: int) -> int:
+    """The divisor of the rollout's size nearest to ``rollout_size / minibatches`` (SB3 splits a rollout into
+    minibatches of one size; a divisor leaves no truncated last one)."""
+    target = rollout_size / minibatches
+    divisors = [d for d in range(1, rollout_size + 1) if rollout_size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
+class OraclePPO:
+    """SB3 PPO on the task-observing view of a family, as a meta-agent (``algo=oracle-ppo``)."""
+
+    curve_label = "step"
+    """Points align with MAML's adaptation steps (the oracle takes none)."""
+
+    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.monitor import Monitor
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        self.family = family
+        self.config = config
+        self.device = device
+        num_envs = config.meta_batch_size
+        steps_per_env = config.episodes_per_task * family.horizon
+        self.vec_env = DummyVecEnv([lambda: Monitor(TaskObservationWrapper(family.make_env()))] * num_envs)
+        self.model = PPO(
+            "MlpPolicy",
+            self.vec_env,
+            n_steps=steps_per_env,
+            batch_size=_minibatch_size(num_envs * steps_per_env, config.ppo_minibatches),
+            n_epochs=config.ppo_epochs,
+            learning_rate=config.ppo_learning_rate,
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            clip_range=config.ppo_clip,
+            ent_coef=config.ppo_entropy_coeff,
+            vf_coef=config.ppo_value_coeff,
+            max_grad_norm=config.max_grad_norm,
+            policy_kwargs={
+                "net_arch": list(config.hidden_sizes),
+                "activation_fn": ACTIVATION_MODULES[config.activation],
+            },
+            seed=config.seed,
+            device=device,
+            verbose=0,
+        )
+        self.policy = self.model.policy
+        """SB3's actor-critic (the trainer's guard checks its parameters for NaN)."""
+        self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+        """One PPO rollout and update, sub-env ``i`` playing ``tasks[i]`` from its next episode."""
+        for wrapper, task in zip(self.vec_env.envs, tasks, strict=True):
+            wrapper.env.tasks = (task,)  # the Monitor's inner TaskObservationWrapper draws from this one task
+        self.model.learn(total_timesteps=self.model.n_steps * self.vec_env.num_envs, reset_num_timesteps=False)
+        logged = self.model.logger.name_to_value
+        metrics = {
+            f"losses/{key.removeprefix('train/')}": float(value)
+            for key, value in logged.items()
+            if key.startswith("train/") and np.isfinite(value)
+        }
+        if self.model.ep_info_buffer:
+            metrics["meta/return_pre_adapt"] = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
+        return metrics
+
+    def default_num_points(self) -> int:
+        return self.config.eval_steps + 1
+
+    @torch.no_grad()
+    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
+        """``[num_points, T]``: each task's mean return over ``episodes_per_task`` episodes of the policy (actions
+        sampled), fresh episodes at every point."""
+        episodes = self.config.episodes_per_task
+        num_envs = len(tasks) * episodes
+        if num_envs not in self._envs:
+            self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
+        task_vector = torch.as_tensor(task_vectors(self.family, tasks), device=self.device)
+
+        def act(observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+            num_tasks, num_episodes = observations.shape[:2]
+            known = task_vector[:, None].expand(num_tasks, num_episodes, task_vector.shape[1])
+            inputs = torch.cat([observations.flatten(2).float(), known], dim=-1).flatten(0, 1)
+            actions = self.model.policy.get_distribution(inputs).get_actions(deterministic=False)
+            return actions.reshape(num_tasks, num_episodes, *self.family.action_space.shape)
+
+        return repeated_returns(self._envs[num_envs], self.family, tasks, episodes, act, rng, num_points, self.device)
+
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
+        return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()
+
+    def selection_score(self, curve: Sequence[float]) -> float:
+        return float(np.mean(curve))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.model.policy.state_dict(),
+            "optimizer": self.model.policy.optimizer.state_dict(),
+            "num_timesteps": int(self.model.num_timesteps),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.policy.load_state_dict(state["policy"])
+        if "optimizer" in state:
+            self.model.policy.optimizer.load_state_dict(state["optimizer"])
+        self.model.num_timesteps = int(state.get("num_timesteps", 0))
