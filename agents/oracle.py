@@ -26,19 +26,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.sb3 import minibatch_size
 from metarl.rollout import repeated_returns
 from metarl.tasks import TaskFamily
 from metarl.wrappers import TaskObservationWrapper, task_vectors
 
 ACTIVATION_MODULES = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-
-
-def _minibatch_size(rollout_size: int, minibatches: int) -> int:
-    """The divisor of the rollout's size nearest to ``rollout_size / minibatches`` (SB3 splits a rollout into
-    minibatches of one size; a divisor leaves no truncated last one)."""
-    target = rollout_size / minibatches
-    divisors = [d for d in range(1, rollout_size + 1) if rollout_size % d == 0]
-    return min(divisors, key=lambda d: (abs(d - target), d))
 
 
 class OraclePPO:
@@ -62,7 +55,7 @@ class OraclePPO:
             "MlpPolicy",
             self.vec_env,
             n_steps=steps_per_env,
-            batch_size=_minibatch_size(num_envs * steps_per_env, config.ppo_minibatches),
+            batch_size=minibatch_size(num_envs * steps_per_env, config.ppo_minibatches),
             n_epochs=config.ppo_epochs,
             learning_rate=config.ppo_learning_rate,
             gamma=config.gamma,

@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="folder of the comparison of several runs (default: runs/comparison)"
     )
 
+    scratch = commands.add_parser(
+        "from-scratch",
+        help="env steps SB3 PPO needs, learning each held-out task alone, to reach a MAML run's one-step return",
+        description="For each of the first --tasks test tasks: the MAML run's return after one adaptation step on "
+        "that task, then PPO from scratch on it until its policy reaches that return (checked every --check-every "
+        "env steps). Reports the median steps and their ratio to the env steps MAML's one adaptation step used; "
+        "writes evaluation/from-scratch.json in the run folder.",
+    )
+    scratch.add_argument("run", metavar="RUN_DIR", help="a MAML (or pretrain) run folder")
+    scratch.add_argument("--tasks", type=_positive_int, default=5, help="test tasks (default 5)")
+    scratch.add_argument("--max-steps", type=_positive_int, default=200_000, help="PPO budget per task")
+    scratch.add_argument("--check-every", type=_positive_int, default=2_000, help="env steps between checks")
+    scratch.add_argument("--seed", type=_non_negative_int, default=0, help="PPO and evaluation seed (default 0)")
+
     demo = commands.add_parser("demo", help="roll out a random policy on held-out tasks of every family")
     demo.add_argument("--family", action="append", default=None, metavar="ID", help="family id (repeatable)")
     demo.add_argument("--tasks", type=_positive_int, default=8, help="held-out tasks per family (default 8)")
@@ -117,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "from-scratch":
+            return _from_scratch(args)
         return _demo(args)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
@@ -202,6 +218,50 @@ def _evaluate(args: argparse.Namespace) -> int:
         paths = write_evaluation(evaluations, out, f"{args.split}-{args.checkpoint}")
         print(f"wrote {paths['json']}, .csv, .png", file=sys.stderr)
     print(comparison_table(evaluations))
+    return 0
+
+
+def _from_scratch(args: argparse.Namespace) -> int:
+    import json
+
+    from agents.from_scratch import adaptation_env_steps, ppo_steps_to_reach, summarize
+    from metarl.checkpoint import write_text_atomically
+    from metarl.config import load_run_config
+    from metarl.evaluate import evaluate_run
+    from metarl.registry import make_family
+
+    config = load_run_config(args.run)
+    if config.algo not in ("maml-trpo", "maml-ppo", "reptile", "pretrain-trpo"):
+        raise ValueError(f"from-scratch compares with a gradient-based agent's one-step return, got algo {config.algo}")
+    evaluation = evaluate_run(args.run, num_tasks=args.tasks, num_points=2, seeds=(args.seed,), progress=True)
+    family = make_family(config.family, **config.family_kwargs)
+    split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
+    results = []
+    for j, task_index in enumerate(evaluation.task_indices):
+        target = float(evaluation.per_task()[1, j])
+        result = ppo_steps_to_reach(
+            family,
+            split.test[task_index],
+            target,
+            max_steps=args.max_steps,
+            check_every=args.check_every,
+            episodes=config.episodes_per_task,
+            seed=args.seed + j,
+            hidden_sizes=tuple(config.hidden_sizes),
+            task_index=task_index,
+        )
+        reached = "not within the budget" if result.steps_to_target is None else f"{result.steps_to_target} steps"
+        print(f"  test task {task_index}: target {target:.2f}: {reached} ({result.seconds:.0f} s)", file=sys.stderr)
+        results.append(result)
+    summary = summarize(results, adaptation_env_steps(config.episodes_per_task, family.horizon))
+    summary.update({"run_dir": str(args.run), "family": config.family, "algo": config.algo, "command": sys.argv})
+    path = Path(args.run) / "evaluation" / "from-scratch.json"
+    write_text_atomically(path, json.dumps(summary, indent=2) + "\n")
+    print(
+        f"PPO from scratch reached the one-step return on {summary['reached']}/{summary['tasks']} tasks, median "
+        f"{summary['median_steps_to_target']:.0f} env steps = {summary['ratio']:.1f}x the "
+        f"{summary['adaptation_env_steps']} steps of one adaptation step ({path})"
+    )
     return 0
 
 

@@ -134,3 +134,32 @@ def test_oracle_knows_the_best_arm(tmp_path):
     random_return = np.mean(random.test_returns)
     assert random_return == pytest.approx(0.5, abs=0.05)
     assert oracle_return > random_return + 0.1  # E[max of two U(0,1) means] = 2/3
+
+
+# -- PPO from scratch ------------------------------------------------------------------------------------------------
+def test_ppo_from_scratch_stops_at_the_target_or_the_budget():
+    from agents.from_scratch import adaptation_env_steps, ppo_steps_to_reach, summarize
+    from envs import Navigation2D
+
+    family = Navigation2D(horizon=10)
+    task = family.sample_tasks(np.random.default_rng(0), 1)[0]
+    kwargs = {"max_steps": 800, "check_every": 200, "episodes": 4, "seed": 0, "hidden_sizes": (16,)}
+    easy = ppo_steps_to_reach(family, task, -np.inf, **kwargs)
+    assert easy.steps_to_target == 200 and len(easy.curve) == 1
+    impossible = ppo_steps_to_reach(family, task, np.inf, **kwargs)
+    assert impossible.steps_to_target is None and [steps for steps, _ in impossible.curve] == [200, 400, 600, 800]
+    assert ppo_steps_to_reach(family, task, np.inf, **kwargs).curve == impossible.curve  # seeded
+    summary = summarize([easy, impossible], adaptation_env_steps(episodes_per_task=4, horizon=10))
+    assert summary["adaptation_env_steps"] == 40
+    assert (summary["reached"], summary["median_steps_to_target"], summary["ratio"]) == (1, 200.0, 5.0)
+    assert summary["ratio_is_lower_bound"]
+
+
+def test_from_scratch_needs_a_gradient_based_run(tmp_path):
+    from conftest import TINY_RL2_CONFIG
+
+    from metarl.cli import main
+
+    run = train(config_from_dict(TINY_RL2_CONFIG), run_dir=tmp_path / "rl2").run_dir
+    with pytest.raises(SystemExit):
+        main(["from-scratch", str(run)])
