@@ -81,11 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--points",
         type=_positive_int,
+        nargs="+",
         default=None,
         help="adaptation points: MAML steps 0..N-1, RL² episodes 1..N (default: the run's eval_steps + 1 or "
-        "trial_episodes)",
+        "trial_episodes); one number for every run, or one per run",
     )
     evaluate.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0], help="evaluation seeds")
+    evaluate.add_argument("--names", nargs="+", default=None, help="the agents' names in reports, one per run")
     evaluate.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="best", help="default: best")
     evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="device of the agents")
     evaluate.add_argument(
@@ -198,15 +200,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     for run in args.runs:  # every run folder checked before any is evaluated
         if not Path(run).is_dir():
             raise ValueError(f"no run folder at {run}")
+    points = args.points or [None]
+    if len(points) not in (1, len(args.runs)):
+        raise ValueError(f"--points takes one number or one per run ({len(args.runs)}), got {len(points)}")
+    points = points * len(args.runs) if len(points) == 1 else points
+    names = args.names or [None] * len(args.runs)
+    if len(names) != len(args.runs):
+        raise ValueError(f"--names takes one name per run ({len(args.runs)}), got {len(names)}")
     evaluations = []
-    for run in args.runs:
+    for run, num_points, name in zip(args.runs, points, names, strict=True):
         evaluation = evaluate_run(
             run,
             split=args.split,
             num_tasks=args.tasks,
-            num_points=args.points,
+            num_points=num_points,
             seeds=args.seeds,
             checkpoint=args.checkpoint,
+            name=name,
             device=args.device,
             progress=True,
         )

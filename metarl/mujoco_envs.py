@@ -189,6 +189,7 @@ class MuJoCoTaskEnv(TaskHolder[TaskT]):
         super()._step_mujoco_simulation(ctrl, n_frames)
         finite = np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all()
         if not finite or _instability_warnings(self.data) > warnings_before:
+            self._needs_reset = True  # the state is lost: only a reset may follow
             raise FloatingPointError(_unstable_message(self.family, self._task))
 
     def _get_obs(self) -> np.ndarray:

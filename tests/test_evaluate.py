@@ -180,3 +180,10 @@ def test_metarl_evaluate_writes_per_run_and_comparison_reports(maml_run, rl2_run
     assert "[95% bootstrap interval over tasks]" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["evaluate", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):  # one number of points, or one per run
+        cli_main(["evaluate", str(maml_run), str(rl2_run), "--points", "1", "2", "3"])
+    arguments = ["--tasks", "2", "--points", "2", "5", "--names", "MAML", "RL²", "--out", str(tmp_path)]
+    cli_main(["evaluate", str(maml_run), str(rl2_run), *arguments])
+    document = json.loads((tmp_path / "test-best.json").read_text())
+    assert [agent["points"] for agent in document["agents"]] == [[0, 1], [1, 2, 3, 4, 5]]
+    assert [agent["name"] for agent in document["agents"]] == ["MAML", "RL²"]

@@ -207,11 +207,17 @@ def test_an_unstable_simulation_raises_instead_of_returning_nan():
     env.data.qvel[:] = 1e300  # what an unstable model does: accelerations blow up
     with pytest.raises(FloatingPointError, match="unstable"):
         env.step(np.zeros(6, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.zeros(6, dtype=np.float32))
+    env.reset(seed=0)  # and a reset recovers
+    assert np.isfinite(env.step(np.zeros(6, dtype=np.float32))[0]).all()
     envs = family.make_vec_env(2)
     envs.reset(seed=0)
     envs._states[1, envs._qvel_slice] = 1e300
+    states = envs._states.copy()
     with pytest.raises(FloatingPointError, match="unstable in sub-env 1"):
         envs.step(np.zeros((2, 6), dtype=np.float32))
+    np.testing.assert_array_equal(envs._states, states)  # the failed step changed nothing
 
 
 def base_task(family):
