@@ -112,6 +112,13 @@ def test_task_observation_wrapper_appends_the_task():
     assert env.observation_space.shape == (4,)
 
 
+def test_oracle_runs_are_deterministic(tmp_path):
+    config = {**TINY_TRAIN_CONFIG, "algo": "oracle-ppo", "iterations": 2}
+    first = train(config_from_dict(config), run_dir=tmp_path / "a")
+    second = train(config_from_dict(config), run_dir=tmp_path / "b")
+    assert first.test_returns == second.test_returns
+
+
 @pytest.mark.slow
 def test_oracle_knows_the_best_arm(tmp_path):
     """Told the arms' means, PPO learns to pull the best arm: far above random on held-out bandits."""

@@ -88,7 +88,7 @@ def test_meta_sgd_needs_the_ppo_outer_loop():
         load_config(None, ["meta_sgd=true"])
 
 
-@pytest.mark.parametrize("algo", ["maml-ppo", "reptile"])
+@pytest.mark.parametrize("algo", ["maml-ppo", "reptile", "pretrain-trpo"])
 def test_every_algorithm_trains_deterministically_and_resumes(tmp_path, algo):
     overrides = {**TINY_TRAIN_CONFIG, "algo": algo}
     first = train(config_from_dict({**overrides, "run_root": str(tmp_path / "a")}))
