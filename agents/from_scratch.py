@@ -15,7 +15,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -105,17 +104,22 @@ def adaptation_env_steps(episodes_per_task: int, horizon: int, num_steps: int = 
     return episodes_per_task * horizon * num_steps
 
 
-def summarize(results: list[ScratchResult], adaptation_steps: int) -> dict[str, Any]:
-    """Median steps to the target over the tasks that reached it, and the ratio to the adaptation's steps."""
-    reached = [result.steps_to_target for result in results if result.steps_to_target is not None]
-    median = float(np.median(reached)) if reached else math.nan
+def summarize(results: list[ScratchResult], adaptation_steps: int, max_steps: int) -> dict[str, Any]:
+    """The median over tasks of the steps to the target, and its ratio to the adaptation's steps.
+
+    A task that did not reach the target within ``max_steps`` counts as ``max_steps``: the median (and the ratio)
+    is then a lower bound, flagged as such.
+    """
+    steps = [max_steps if result.steps_to_target is None else result.steps_to_target for result in results]
+    reached = sum(result.steps_to_target is not None for result in results)
+    median = float(np.median(steps))
     return {
         "tasks": len(results),
-        "reached": len(reached),
-        # tasks that never reached the target within the budget would only raise the median
-        "ratio_is_lower_bound": len(reached) < len(results),
+        "reached": reached,
+        "max_steps": max_steps,
+        "ratio_is_lower_bound": reached < len(results),
         "median_steps_to_target": median,
         "adaptation_env_steps": adaptation_steps,
-        "ratio": median / adaptation_steps if reached else math.nan,
+        "ratio": median / adaptation_steps,
         "per_task": [dataclasses.asdict(result) for result in results],
     }

@@ -156,10 +156,12 @@ def test_ppo_from_scratch_stops_at_the_target_or_the_budget():
     impossible = ppo_steps_to_reach(family, task, np.inf, **kwargs)
     assert impossible.steps_to_target is None and [steps for steps, _ in impossible.curve] == [200, 400, 600, 800]
     assert ppo_steps_to_reach(family, task, np.inf, **kwargs).curve == impossible.curve  # seeded
-    summary = summarize([easy, impossible], adaptation_env_steps(episodes_per_task=4, horizon=10))
+    summary = summarize([easy, impossible], adaptation_env_steps(episodes_per_task=4, horizon=10), max_steps=800)
     assert summary["adaptation_env_steps"] == 40
-    assert (summary["reached"], summary["median_steps_to_target"], summary["ratio"]) == (1, 200.0, 5.0)
+    # the task that never reached the target counts as the budget: a lower bound
+    assert (summary["reached"], summary["median_steps_to_target"], summary["ratio"]) == (1, 500.0, 12.5)
     assert summary["ratio_is_lower_bound"]
+    assert not summarize([easy], 40, max_steps=800)["ratio_is_lower_bound"]
 
 
 def test_from_scratch_needs_a_gradient_based_run(tmp_path):
