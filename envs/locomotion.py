@@ -89,6 +89,13 @@ class DynamicsTask:
     """``[ngeom * 3]`` (sliding, torsional, rolling)"""
 
 
+def _check_velocity_range(low: float, high: float) -> tuple[float, float]:
+    low, high = check_real("velocity_low", low), check_real("velocity_high", high)
+    if not low < high:
+        raise ValueError(f"velocity_low must be < velocity_high, got {low} and {high}")
+    return low, high
+
+
 def _control_cost(weight: float, actions: np.ndarray) -> np.ndarray:
     return weight * np.sum(np.square(actions), axis=1)
 
@@ -235,10 +242,7 @@ class HalfCheetahVel(_HalfCheetah):
         reset_noise_scale: float = 0.1,
     ) -> None:
         self.horizon = check_count("horizon", horizon)
-        self.velocity_low = check_real("velocity_low", velocity_low)
-        self.velocity_high = check_real("velocity_high", velocity_high)
-        if not self.velocity_low < self.velocity_high:
-            raise ValueError(f"velocity_low must be < velocity_high, got {velocity_low} and {velocity_high}")
+        self.velocity_low, self.velocity_high = _check_velocity_range(velocity_low, velocity_high)
         self.ctrl_cost_weight = check_real("ctrl_cost_weight", ctrl_cost_weight, 0.0)
         self.reset_noise_scale = check_real("reset_noise_scale", reset_noise_scale, 0.0)
         self._load_model()
@@ -395,10 +399,7 @@ class AntVel(_AntGoalFamily):
         ctrl_cost_weight: float = 0.005,
         reset_noise_scale: float = 0.1,
     ) -> None:
-        self.velocity_low = check_real("velocity_low", velocity_low)
-        self.velocity_high = check_real("velocity_high", velocity_high)
-        if not self.velocity_low < self.velocity_high:
-            raise ValueError(f"velocity_low must be < velocity_high, got {velocity_low} and {velocity_high}")
+        self.velocity_low, self.velocity_high = _check_velocity_range(velocity_low, velocity_high)
         self._init_ant(horizon, healthy_reward, ctrl_cost_weight, reset_noise_scale)
 
     sample_tasks = HalfCheetahVel.sample_tasks

@@ -232,6 +232,28 @@ def evaluation_to_json(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
+def _dumps_with_compact_arrays(document: dict[str, Any], array_keys: Sequence[str]) -> str:
+    """JSON with two-space indents, except that the (large) arrays under ``array_keys`` each take one line."""
+    arrays: dict[str, str] = {}
+
+    def placeholder(value: Any) -> str:
+        key = f"@@array{len(arrays)}@@"
+        arrays[key] = json.dumps(value, separators=(",", ":"))
+        return key
+
+    def replace(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: placeholder(v) if k in array_keys else replace(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [replace(item) for item in node]
+        return node
+
+    text = json.dumps(replace(document), indent=2)
+    for key, array in arrays.items():
+        text = text.replace(f'"{key}"', array)
+    return text + "\n"
+
+
 def evaluations_csv(evaluations: Sequence[Evaluation]) -> str:
     """One row per agent, point and task (the return averaged over seeds), then one summary row per agent and point
     (``task`` empty) with the mean and its confidence interval."""
@@ -328,7 +350,7 @@ def write_evaluation(evaluations: Sequence[Evaluation], out_dir: Path, stem: str
     out_dir = Path(out_dir)
     paths = {suffix: out_dir / f"{stem}.{suffix}" for suffix in ("json", "csv", "png")}
     document = {"agents": [evaluation_to_json(evaluation) for evaluation in evaluations]}
-    write_text_atomically(paths["json"], json.dumps(document, indent=2) + "\n")
+    write_text_atomically(paths["json"], _dumps_with_compact_arrays(document, ("per_task", "per_seed_task")))
     write_text_atomically(paths["csv"], evaluations_csv(evaluations))
     plot_evaluations(evaluations, paths["png"])
     return paths
