@@ -244,3 +244,16 @@ def test_tensorboard_gets_the_adaptation_curve_at_each_evaluation(tmp_path):
     assert [image.step for image in images] == [2, 4]  # eval_interval 2 over 4 iterations
     assert all(image.encoded_image_string.startswith(b"\x89PNG") for image in images)
     assert [scalar.step for scalar in events.Scalars("validation/return_step_1")] == [2, 4]
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    from metarl.checkpoint import save_checkpoint, write_text_atomically
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomically(tmp_path / "a.json", "{}")
+        save_checkpoint(tmp_path / "b.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(umask)
+    for name in ("a.json", "b.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not the temporary file's 0600
