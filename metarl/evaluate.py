@@ -10,7 +10,8 @@ tasks with a 95 % bootstrap confidence interval, and every per-task number.
 Usage::
 
     result = evaluate_run("runs/MetaRL_Navigation2D-v0__maml-trpo__0__...", num_points=4, seeds=(0, 1, 2))
-    write_evaluation([result], Path("runs/.../evaluation"))   # JSON, CSV and PNG; a table to print
+    write_evaluation([result], Path("runs/.../evaluation"), "test-best")   # JSON, CSV and PNG
+    print(comparison_table([result]))
 """
 
 from __future__ import annotations
