@@ -22,32 +22,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.non_adaptive import NonAdaptiveAgent
 from agents.sb3 import minibatch_size
-from metarl.rollout import repeated_returns
 from metarl.tasks import TaskFamily
 from metarl.wrappers import TaskObservationWrapper, task_vectors
 
 ACTIVATION_MODULES = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
-class OraclePPO:
+class OraclePPO(NonAdaptiveAgent):
     """SB3 PPO on the task-observing view of a family, as a meta-agent (``algo=oracle-ppo``)."""
-
-    curve_label = "step"
-    """Points align with MAML's adaptation steps (the oracle takes none)."""
 
     def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
         from stable_baselines3 import PPO
         from stable_baselines3.common.monitor import Monitor
         from stable_baselines3.common.vec_env import DummyVecEnv
 
-        self.family = family
-        self.config = config
-        self.device = device
+        super().__init__(family, config, device)
         num_envs = config.meta_batch_size
         steps_per_env = config.episodes_per_task * family.horizon
         self.vec_env = DummyVecEnv([lambda: Monitor(TaskObservationWrapper(family.make_env()))] * num_envs)
@@ -74,7 +68,6 @@ class OraclePPO:
         )
         self.policy = self.model.policy
         """SB3's actor-critic (the trainer's guard checks its parameters for NaN)."""
-        self._envs: dict[int, gym.vector.VectorEnv] = {}
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """One PPO rollout and update, sub-env ``i`` playing ``tasks[i]`` from its next episode."""
@@ -91,19 +84,11 @@ class OraclePPO:
             metrics["meta/return_pre_adapt"] = float(np.mean([info["r"] for info in self.model.ep_info_buffer]))
         return metrics
 
-    def default_num_points(self) -> int:
-        return self.config.eval_steps + 1
-
-    @torch.no_grad()
-    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
-        """``[num_points, T]``: each task's mean return over ``episodes_per_task`` episodes of the policy (actions
-        sampled), fresh episodes at every point."""
-        episodes = self.config.episodes_per_task
-        num_envs = len(tasks) * episodes
-        if num_envs not in self._envs:
-            self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
+    def rollout_policy(self, tasks: Sequence[Any], rng: np.random.Generator) -> Any:
+        """SB3's policy (actions sampled) on the observations with each task's parameters appended."""
         task_vector = torch.as_tensor(task_vectors(self.family, tasks), device=self.device)
 
+        @torch.no_grad()
         def act(observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
             num_tasks, num_episodes = observations.shape[:2]
             known = task_vector[:, None].expand(num_tasks, num_episodes, task_vector.shape[1])
@@ -111,13 +96,7 @@ class OraclePPO:
             actions = self.model.policy.get_distribution(inputs).get_actions(deterministic=False)
             return actions.reshape(num_tasks, num_episodes, *self.family.action_space.shape)
 
-        return repeated_returns(self._envs[num_envs], self.family, tasks, episodes, act, rng, num_points, self.device)
-
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()
-
-    def selection_score(self, curve: Sequence[float]) -> float:
-        return float(np.mean(curve))
+        return act
 
     def state_dict(self) -> dict[str, Any]:
         return {

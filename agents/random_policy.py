@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.rollout import repeated_returns
+from agents.non_adaptive import NonAdaptiveAgent
 from metarl.tasks import TaskFamily
 
 
@@ -41,49 +41,24 @@ class RandomPolicy:
         return actions.to(observations.device)
 
 
-class RandomAgent:
-    """The random baseline as a meta-agent (``algo=random``): nothing to learn, the same curve at every point.
+class RandomAgent(NonAdaptiveAgent):
+    """The random baseline as a meta-agent (``algo=random``): nothing to learn.
 
     It fits the trainer and the evaluator like any agent, so that ``metarl train --algo random iterations=1`` makes
-    a run folder that ``metarl evaluate`` compares with the others: at each of its adaptation points it plays
-    ``episodes_per_task`` fresh episodes of every task with uniformly random actions.
+    a run folder that ``metarl evaluate`` compares with the others.
     """
 
-    curve_label = "step"
-    """Points are 'adaptation steps' (none of them changes anything), aligned with MAML's curve."""
-
     def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
-        self.family = family
-        self.config = config
-        self.device = device
+        super().__init__(family, config, device)
         self.policy = torch.nn.Module()
         """No parameters (the trainer's non-finite-parameter guard finds none to check)."""
-        self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    def rollout_policy(self, tasks: Sequence[Any], rng: np.random.Generator) -> RandomPolicy:
+        return RandomPolicy(self.family.action_space, seed=int(rng.integers(2**31)), device=self.device)
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """Nothing to learn; the return of random episodes on the meta-batch, for the logs."""
         return {"meta/return_pre_adapt": float(self.adaptation_returns(tasks, rng, 1).mean())}
-
-    def default_num_points(self) -> int:
-        return self.config.eval_steps + 1
-
-    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
-        """``[num_points, T]``: each task's mean return over ``episodes_per_task`` random episodes, drawn afresh
-        at every point."""
-        episodes = self.config.episodes_per_task
-        num_envs = len(tasks) * episodes
-        if num_envs not in self._envs:
-            self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
-        policy = RandomPolicy(self.family.action_space, seed=int(rng.integers(2**31)), device=self.device)
-        return repeated_returns(
-            self._envs[num_envs], self.family, tasks, episodes, policy, rng, num_points, self.device
-        )
-
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()
-
-    def selection_score(self, curve: Sequence[float]) -> float:
-        return float(np.mean(curve))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -1,0 +1,54 @@
+"""The base of the baselines that do not adapt (random, the oracle): their curve is fresh episodes at each point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.rollout import RolloutPolicy, repeated_returns
+from metarl.tasks import TaskFamily
+
+
+class NonAdaptiveAgent:
+    """A meta-agent whose policy does not change on a new task: at each of its points the evaluator sees
+    ``episodes_per_task`` fresh episodes of every task (a flat curve up to noise), aligned with MAML's steps.
+
+    Subclasses give ``rollout_policy`` (and ``train_step``, ``state_dict``, ``load_state_dict``).
+    """
+
+    curve_label = "step"
+    """Points are 'adaptation steps' (none of them changes anything), aligned with MAML's curve."""
+
+    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+        self.family = family
+        self.config = config
+        self.device = device
+        self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    def rollout_policy(self, tasks: Sequence[Any], rng: np.random.Generator) -> RolloutPolicy:
+        """The policy that plays ``tasks`` (observations ``[T, E, ...]`` to actions ``[T, E, ...]``)."""
+        raise NotImplementedError
+
+    def default_num_points(self) -> int:
+        return self.config.eval_steps + 1
+
+    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
+        """``[num_points, T]``: each task's mean return over ``episodes_per_task`` fresh episodes at every point."""
+        episodes = self.config.episodes_per_task
+        num_envs = len(tasks) * episodes
+        if num_envs not in self._envs:
+            self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
+        policy = self.rollout_policy(tasks, rng)
+        return repeated_returns(
+            self._envs[num_envs], self.family, tasks, episodes, policy, rng, num_points, self.device
+        )
+
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
+        return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()
+
+    def selection_score(self, curve: Sequence[float]) -> float:
+        return float(np.mean(curve))
