@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,6 +181,9 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
+_YAML11_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
@@ -199,6 +203,9 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
             raise ValueError(f"config {key} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _YAML11_EXPONENT_FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads 3e-4 as a string: it wants a dot in the mantissa, as in 3.0e-4.
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"config {key} must be a number, got {value!r}")
         return float(value)

@@ -214,6 +214,14 @@ def test_preset_and_overrides_compose():
     assert config.meta_batch_size == 20 and config.max_kl == 0.01 and config.cg_damping == 1e-5
 
 
+def test_exponent_numbers_without_a_dot_are_numbers():
+    # PyYAML follows YAML 1.1, which reads 3e-4 as a string; a researcher writes it that way.
+    config = load_config(None, ["ppo_learning_rate=3e-4", "cg_damping=1E-5", "max_kl=.5e-2"])
+    assert (config.ppo_learning_rate, config.cg_damping, config.max_kl) == (3e-4, 1e-5, 0.005)
+    with pytest.raises(ValueError, match="config max_kl must be a number, got 'e-4'"):
+        load_config(None, ["max_kl=e-4"])
+
+
 def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsys):
     from agents.maml import MAML
 
