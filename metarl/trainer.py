@@ -162,6 +162,7 @@ def train(
         for iteration in range(start_iteration, config.iterations):
             indices = task_rng.choice(len(split.train), config.meta_batch_size, replace=few_tasks)
             tasks = [split.train[i] for i in indices]
+            iteration_started = time.perf_counter()
             metrics = _guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
@@ -172,6 +173,8 @@ def train(
                 if score > best_validation:
                     best_validation = score
                     save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
+            # wall time of the whole iteration, validation included; the parts agents time are summed in it
+            metrics["time/iteration_s"] = time.perf_counter() - iteration_started
             logger.log(done, metrics)
             if config.progress:
                 _print_progress(done, config.iterations, metrics)
@@ -251,12 +254,18 @@ def _drop_metrics_after(path: Path, iteration: int) -> None:
 
 
 def _print_progress(done: int, total: int, metrics: dict[str, float]) -> None:
-    shown = ("meta/return_step", "meta/trial_return", "meta/return_first_episode", "meta/return_last_episode")
+    shown = (
+        "meta/return_step",
+        "meta/trial_return",
+        "meta/return_first_episode",
+        "meta/return_last_episode",
+        "meta/return_pre_adapt",
+    )
     returns = " ".join(
         f"{key.split('/')[-1].replace('return_', '')} {value:8.2f}"
         for key, value in metrics.items()
         if key.startswith(shown)
     )
-    seconds = sum(value for key, value in metrics.items() if key.startswith("time/"))
+    seconds = metrics["time/iteration_s"]
     end = "\r" if sys.stderr.isatty() else "\n"
     print(f"iter {done:5d}/{total}  {returns}  [{seconds:.2f} s/it]", end=end, file=sys.stderr, flush=True)

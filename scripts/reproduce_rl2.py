@@ -132,7 +132,11 @@ def _training_minutes(run_dir: Path) -> float | None:
         return None
     seconds = 0.0
     for line in path.read_text().splitlines():
-        seconds += sum(value for key, value in json.loads(line).items() if key.startswith("time/"))
+        record = json.loads(line)
+        if "time/iteration_s" in record:
+            seconds += record["time/iteration_s"]
+        else:  # a run logged before the trainer timed whole iterations: its agent's timed parts
+            seconds += sum(value for key, value in record.items() if key.startswith("time/"))
     return seconds / 60
 
 

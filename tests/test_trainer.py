@@ -48,6 +48,18 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
     assert metrics_without_timings(other_seed.run_dir) != metrics_without_timings(first.run_dir)
 
 
+def test_progress_shows_each_iterations_wall_time_and_returns_for_every_agent(tmp_path, capsys):
+    # the random agent times no parts of its step: the line must still show its real seconds per iteration
+    result = train(tiny_config(tmp_path, algo="random", iterations=2, progress=True))
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if line.startswith("iter ")]
+    assert [line.split()[1] for line in progress] == ["1/2", "2/2"]
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(record["time/iteration_s"] > 0 for record in records)
+    for line, record in zip(progress, records, strict=True):
+        assert "pre_adapt" in line and line.endswith(f"[{record['time/iteration_s']:.2f} s/it]")
+
+
 def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
     result = train(tiny_config(tmp_path))
     names = {path.name for path in result.run_dir.iterdir()}
