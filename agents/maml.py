@@ -36,6 +36,7 @@ import torch
 
 from agents.policies import batch_params, make_policy
 from metarl.advantages import discounted_returns, fit_and_predict_linear_baseline, gae, normalize_advantages
+from metarl.evaluate import AdaptationCurve
 from metarl.optim import flatten_tensors, trpo_step, unflatten_like
 from metarl.rollout import EpisodeBatch, collect_episodes
 from metarl.tasks import TaskFamily
@@ -63,6 +64,9 @@ class MetaBatch(NamedTuple):
     """Mean episode return before adaptation and after each step (``K + 1`` numbers)."""
     task_returns: list[torch.Tensor]
     """The same per task: ``K + 1`` tensors ``[T]``, each task's mean episode return."""
+    task_successes: list[torch.Tensor] | None
+    """Each task's share of successful episodes at each of the ``K + 1`` points (``None``: the family defines no
+    success)."""
     adapted: Params | None
     """Each task's parameters after the last step (leading task dim), as used to collect ``post``."""
 
@@ -206,15 +210,18 @@ class MAML:
         inner: list[PolicyGradientData] = []
         returns: list[float] = []
         task_returns: list[torch.Tensor] = []
+        task_successes: list[torch.Tensor] = []
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
         for step_size in [*self.step_sizes(num_steps, evaluation), None]:
             batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)))
             returns.append(batch.returns.mean().item())
             task_returns.append(batch.returns.mean(dim=1))
+            if batch.successes is not None:
+                task_successes.append(batch.successes.mean(dim=1))
             data = self.process(batch)
             if step_size is None:
-                return MetaBatch(inner, data, returns, task_returns, adapted)
+                return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted)
             inner.append(data)
             with torch.enable_grad():
                 current = batch_params(params, len(tasks)) if adapted is None else adapted
@@ -452,11 +459,11 @@ class MAML:
         """Points of the evaluation curve: before adaptation and after each of ``config.eval_steps`` steps."""
         return self.config.eval_steps + 1
 
-    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
-        """``[num_points, T]``: each task's mean episode return before adaptation and after each of
+    def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
+        """Each task's mean episode return (and success rate) before adaptation and after each of
         ``num_points - 1`` policy-gradient steps (the evaluation step sizes)."""
         batch = self.sample(tasks, rng, num_points - 1, evaluation=True)
-        return torch.stack(batch.task_returns).cpu().numpy().astype(np.float64)
+        return AdaptationCurve.from_tensors(batch.task_returns, batch.task_successes)
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the return after the trained number of steps."""

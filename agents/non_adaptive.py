@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.rollout import RolloutPolicy, repeated_returns
+from metarl.evaluate import AdaptationCurve
+from metarl.rollout import RolloutPolicy, collect_episodes
 from metarl.tasks import TaskFamily
 
 
@@ -36,19 +37,27 @@ class NonAdaptiveAgent:
     def default_num_points(self) -> int:
         return self.config.eval_steps + 1
 
-    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
-        """``[num_points, T]``: each task's mean return over ``episodes_per_task`` fresh episodes at every point."""
+    def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
+        """Each task's mean return (and success rate) over ``episodes_per_task`` fresh episodes at every point; the
+        env seeds are drawn from ``rng``, a stochastic policy draws its actions afresh at every point."""
         episodes = self.config.episodes_per_task
         num_envs = len(tasks) * episodes
         if num_envs not in self._envs:
             self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
         policy = self.rollout_policy(tasks, rng)
-        return repeated_returns(
-            self._envs[num_envs], self.family, tasks, episodes, policy, rng, num_points, self.device
-        )
+        returns, successes = [], []
+        for _ in range(num_points):
+            seed = int(rng.integers(2**31))
+            batch = collect_episodes(
+                self._envs[num_envs], self.family, tasks, episodes, policy, seed=seed, device=self.device
+            )
+            returns.append(batch.returns.mean(dim=1))
+            if batch.successes is not None:
+                successes.append(batch.successes.mean(dim=1))
+        return AdaptationCurve.from_tensors(returns, successes or None)
 
     def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        return self.adaptation_returns(tasks, rng, self.default_num_points()).mean(axis=1).tolist()
+        return self.adaptation_curve(tasks, rng, self.default_num_points()).returns.mean(axis=1).tolist()
 
     def selection_score(self, curve: Sequence[float]) -> float:
         return float(np.mean(curve))

@@ -3,7 +3,7 @@
 One policy is trained with TRPO on the pooled episodes of the training tasks, with the meta-batch, episodes and
 iterations of MAML (the same budget), but with no inner loop in its objective: it maximises the return before any
 adaptation. At evaluation it is fine-tuned on each new task exactly as MAML adapts: the same number of vanilla
-policy-gradient steps with the same step sizes and the same episodes (the evaluator's ``adaptation_returns`` is
+policy-gradient steps with the same step sizes and the same episodes (the evaluator's ``adaptation_curve`` is
 MAML's). The difference between the two curves is what meta-learning the initialisation buys.
 
 References:

@@ -58,7 +58,7 @@ class RandomAgent(NonAdaptiveAgent):
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """Nothing to learn; the return of random episodes on the meta-batch, for the logs."""
-        return {"meta/return_pre_adapt": float(self.adaptation_returns(tasks, rng, 1).mean())}
+        return {"meta/return_pre_adapt": float(self.adaptation_curve(tasks, rng, 1).returns.mean())}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -36,6 +36,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.advantages import gae
 from metarl.config import TrainConfig
+from metarl.evaluate import AdaptationCurve
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialBatch, TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
 
@@ -236,11 +237,12 @@ class RL2:
         """Points of the evaluation curve: the episodes of a trial as trained."""
         return self.config.trial_episodes
 
-    def adaptation_returns(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> np.ndarray:
-        """``[num_points, T]``: each task's return in each episode of one trial of ``num_points`` episodes (the
-        hidden state carried across them; more episodes than trained on measure how the agent extrapolates)."""
+    def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
+        """Each task's return (and success) in each episode of one trial of ``num_points`` episodes (the hidden
+        state carried across them; more episodes than trained on measure how the agent extrapolates)."""
         batch = self.evaluate_trials(tasks, rng, num_points)
-        return batch.episode_returns.T.cpu().numpy().astype(np.float64)
+        successes = batch.episode_successes
+        return AdaptationCurve.from_tensors(batch.episode_returns.T, None if successes is None else successes.T)
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the mean total reward of a trial."""

@@ -1,11 +1,12 @@
 """Fast adaptation on held-out tasks: one evaluation protocol for every agent, its statistics and its reports.
 
 Every meta-agent says how it adapts to a task it has never seen through one method,
-``adaptation_returns(tasks, rng, num_points) -> [num_points, num_tasks]``: the mean episode return of each task at
-each point of its adaptation (MAML: before adaptation and after each gradient step; RL²: each episode of a trial,
-its hidden state carried across them). The evaluator runs it on a split of the family (the held-out *test* split
-by default, never seen in training or model selection) for several evaluation seeds, and reports the mean over
-tasks with a 95 % bootstrap confidence interval, and every per-task number.
+``adaptation_curve(tasks, rng, num_points) -> AdaptationCurve``: the mean episode return of each task at each point
+of its adaptation (MAML: before adaptation and after each gradient step; RL²: each episode of a trial, its hidden
+state carried across them), and the share of those episodes that succeeded where the family defines success
+(``info["success"]``). The evaluator runs it on a split of the family (the held-out *test* split by default, never
+seen in training or model selection) for several evaluation seeds, and reports the mean over tasks with a 95 %
+bootstrap confidence interval, and every per-task number.
 
 Usage::
 
@@ -24,9 +25,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
 from metarl.config import load_run_config
@@ -39,6 +41,25 @@ SPLITS = ("test", "validation", "train")
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
+
+
+class AdaptationCurve(NamedTuple):
+    """What an agent's ``adaptation_curve`` returns: one value per point of its adaptation and task."""
+
+    returns: np.ndarray
+    """``[num_points, num_tasks]`` float64 mean episode return."""
+    success: np.ndarray | None
+    """``[num_points, num_tasks]`` float64 share of the episodes that succeeded (any step with
+    ``info["success"]``), or ``None`` when the family does not define success."""
+
+    @classmethod
+    def from_tensors(cls, returns: Sequence[torch.Tensor], success: Sequence[torch.Tensor] | None) -> AdaptationCurve:
+        """From per-point ``[num_tasks]`` tensors (on any device)."""
+
+        def stacked(values: Sequence[torch.Tensor]) -> np.ndarray:
+            return torch.stack(list(values)).cpu().numpy().astype(np.float64)
+
+        return cls(stacked(returns), None if success is None else stacked(success))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +84,31 @@ class Evaluation:
     """Evaluation seeds."""
     returns: np.ndarray
     """``[num_seeds, num_points, num_tasks]`` mean episode return of each task at each point."""
+    success: np.ndarray | None = None
+    """``[num_seeds, num_points, num_tasks]`` share of each task's episodes that succeeded at each point, or
+    ``None`` when the family does not define success."""
 
     def per_task(self) -> np.ndarray:
         """``[num_points, num_tasks]``: each task's return averaged over the evaluation seeds."""
         return self.returns.mean(axis=0)
 
+    def per_task_success(self) -> np.ndarray | None:
+        """``[num_points, num_tasks]``: each task's success rate averaged over the evaluation seeds (or ``None``)."""
+        return None if self.success is None else self.success.mean(axis=0)
+
     def summary(self) -> list[dict[str, float]]:
-        """Per point: the mean over tasks and its 95 % bootstrap confidence interval (tasks resampled)."""
+        """Per point: the mean return over tasks and its 95 % bootstrap confidence interval (tasks resampled); where
+        the family defines success, the success rate (``success``) and its interval likewise."""
         rows = []
+        success = self.per_task_success()
         for k, point in enumerate(self.points):
             values = self.per_task()[k]
             low, high = bootstrap_ci(values)
-            rows.append({"point": point, "mean": float(values.mean()), "ci_low": low, "ci_high": high})
+            row = {"point": point, "mean": float(values.mean()), "ci_low": low, "ci_high": high}
+            if success is not None:
+                success_low, success_high = bootstrap_ci(success[k])
+                row.update(success=float(success[k].mean()), success_ci_low=success_low, success_ci_high=success_high)
+            rows.append(row)
         return rows
 
 
@@ -173,17 +207,23 @@ def evaluate_run(
         ) from error
     num_points = agent.default_num_points() if num_points is None else check_count("num_points", num_points)
 
-    returns = []
+    curves: list[AdaptationCurve] = []
     for seed in seeds:
         started = time.perf_counter()
         seed_everything(seed)  # the actions the agent samples
         rng = np.random.default_rng([seed, 2**21])  # the envs' resets
-        curve = np.asarray(agent.adaptation_returns(tasks, rng, num_points), dtype=np.float64)
-        returns.append(curve)
+        curve = agent.adaptation_curve(tasks, rng, num_points)
+        if curve.returns.shape != (num_points, num_tasks):
+            raise RuntimeError(
+                f"{type(agent).__name__}.adaptation_curve returned returns shaped {curve.returns.shape}, "
+                f"expected {(num_points, num_tasks)}"
+            )
+        curves.append(curve)
         if progress:
+            success = "" if curve.success is None else f", success {curve.success[-1].mean():.1%}"
             print(
                 f"  {name or run_dir.name}: seed {seed}, {num_tasks} {split} tasks, {num_points} points: "
-                f"last point {curve[-1].mean():.2f} ({time.perf_counter() - started:.1f} s)",
+                f"last point {curve.returns[-1].mean():.2f}{success} ({time.perf_counter() - started:.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -199,7 +239,8 @@ def evaluate_run(
         points=tuple(range(first, first + num_points)),
         task_indices=task_indices,
         seeds=seeds,
-        returns=np.stack(returns),
+        returns=np.stack([curve.returns for curve in curves]),
+        success=None if curves[0].success is None else np.stack([curve.success for curve in curves]),
     )
 
 
@@ -222,15 +263,19 @@ def evaluation_to_json(evaluation: Evaluation) -> dict[str, Any]:
     fields = {
         field.name: getattr(evaluation, field.name)
         for field in dataclasses.fields(evaluation)
-        if field.name != "returns"
+        if field.name not in ("returns", "success")
     }
-    return {
+    document = {
         **{key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()},
         "confidence": CONFIDENCE,
         "summary": evaluation.summary(),
         "per_task": evaluation.per_task().T.tolist(),
         "per_seed_task": evaluation.returns.tolist(),
     }
+    if evaluation.success is not None:
+        document["per_task_success"] = evaluation.per_task_success().T.tolist()
+        document["per_seed_task_success"] = evaluation.success.tolist()
+    return document
 
 
 def _dumps_with_compact_arrays(document: dict[str, Any], array_keys: Sequence[str]) -> str:
@@ -256,34 +301,65 @@ def _dumps_with_compact_arrays(document: dict[str, Any], array_keys: Sequence[st
 
 
 def evaluations_csv(evaluations: Sequence[Evaluation]) -> str:
-    """One row per agent, point and task (the return averaged over seeds), then one summary row per agent and point
-    (``task`` empty) with the mean and its confidence interval."""
+    """One row per agent, point and task (the return, and the success rate where the family defines success,
+    averaged over seeds), then one summary row per agent and point (``task`` empty) with the means and their
+    confidence intervals."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["agent", "curve", "point", "task", "return", "ci_low", "ci_high"])
+    writer.writerow(
+        [
+            "agent",
+            "curve",
+            "point",
+            "task",
+            "return",
+            "ci_low",
+            "ci_high",
+            "success",
+            "success_ci_low",
+            "success_ci_high",
+        ]
+    )
     for evaluation in evaluations:
-        per_task = evaluation.per_task()
+        per_task, success = evaluation.per_task(), evaluation.per_task_success()
         for k, point in enumerate(evaluation.points):
             for j, task_index in enumerate(evaluation.task_indices):
+                task_success = "" if success is None else repr(success[k, j])
+                task_return = repr(per_task[k, j])
                 writer.writerow(
-                    [evaluation.name, evaluation.curve_label, point, task_index, repr(per_task[k, j]), "", ""]
+                    [
+                        evaluation.name,
+                        evaluation.curve_label,
+                        point,
+                        task_index,
+                        task_return,
+                        "",
+                        "",
+                        task_success,
+                        "",
+                        "",
+                    ]
                 )
         for row in evaluation.summary():
-            writer.writerow(
-                [evaluation.name, evaluation.curve_label, row["point"], "", row["mean"], row["ci_low"], row["ci_high"]]
-            )
+            name, label, point = evaluation.name, evaluation.curve_label, row["point"]
+            success_cells = [row.get(key, "") for key in ("success", "success_ci_low", "success_ci_high")]
+            writer.writerow([name, label, point, "", row["mean"], row["ci_low"], row["ci_high"], *success_cells])
     return buffer.getvalue()
 
 
 def comparison_table(evaluations: Sequence[Evaluation]) -> str:
-    """A plain-text table: one line per agent, the mean return at each point with its 95 % interval."""
+    """A plain-text table: one line per agent, the mean return at each point with its 95 % interval, and the
+    success rate with its interval where the family defines success."""
     width = max(len(evaluation.name) for evaluation in evaluations)
     lines = []
     for evaluation in evaluations:
-        cells = [
-            f"{evaluation.curve_label} {row['point']}: {row['mean']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-            for row in evaluation.summary()
-        ]
+        cells = []
+        for row in evaluation.summary():
+            interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+            cell = f"{evaluation.curve_label} {row['point']}: {row['mean']:.2f} {interval}"
+            if "success" in row:
+                cell += f" success {row['success']:.0%} [{row['success_ci_low']:.0%}, {row['success_ci_high']:.0%}]"
+            cells.append(cell)
         lines.append(f"{evaluation.name:<{width}}  " + "  ".join(cells))
     tasks = {len(evaluation.task_indices) for evaluation in evaluations}
     splits = {evaluation.split for evaluation in evaluations}
@@ -296,24 +372,34 @@ def comparison_table(evaluations: Sequence[Evaluation]) -> str:
 
 def curve_figure(curves: Sequence[dict[str, Any]], x_label: str, title: str) -> Any:
     """A matplotlib figure of adaptation curves: each ``{"name", "points", "mean"}`` a line, with a band where it
-    has ``"ci_low"`` and ``"ci_high"``. Drawn off-screen (no display needed)."""
+    has ``"ci_low"`` and ``"ci_high"``. Curves with ``"success"`` (and ``"success_ci_low"`` / ``"success_ci_high"``)
+    also get a line in a second panel, the success rate. Drawn off-screen (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for curve in curves:
-        axes.plot(curve["points"], curve["mean"], marker="o", label=curve["name"])
-        if "ci_low" in curve:
-            axes.fill_between(curve["points"], curve["ci_low"], curve["ci_high"], alpha=0.2)
-    axes.set_xlabel(x_label)
-    axes.set_ylabel("mean episode return")
-    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    with_success = any("success" in curve for curve in curves)
+    figure, panels = plt.subplots(1, 2 if with_success else 1, figsize=(11.0 if with_success else 6.4, 4.2))
+    panels = list(np.atleast_1d(panels))
+    for panel, key, y_label in zip(panels, ("mean", "success"), ("mean episode return", "success rate"), strict=False):
+        for index, curve in enumerate(curves):
+            if key not in curve:
+                continue
+            color = f"C{index}"  # an agent keeps its colour across panels
+            panel.plot(curve["points"], curve[key], marker="o", label=curve["name"], color=color)
+            low, high = ("ci_low", "ci_high") if key == "mean" else ("success_ci_low", "success_ci_high")
+            if low in curve:
+                panel.fill_between(curve["points"], curve[low], curve[high], alpha=0.2, color=color)
+        panel.set_xlabel(x_label)
+        panel.set_ylabel(y_label)
+        panel.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize="small")
+    if with_success:
+        panels[1].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    figure.suptitle(title) if with_success else panels[0].set_title(title)
     figure.tight_layout()
     return figure
 
@@ -330,10 +416,9 @@ def plot_evaluations(evaluations: Sequence[Evaluation], path: Path) -> None:
     curves = []
     for evaluation in evaluations:
         summary = evaluation.summary()
-        curves.append(
-            {"name": evaluation.name, **{key: [row[key] for row in summary] for key in ("mean", "ci_low", "ci_high")}}
-        )
-        curves[-1]["points"] = [row["point"] for row in summary]
+        curve = {"name": evaluation.name, "points": [row["point"] for row in summary]}
+        curve.update({key: [row[key] for row in summary] for key in summary[0] if key != "point"})
+        curves.append(curve)
     x_label = " / ".join(sorted({x_axis_label(evaluation.curve_label) for evaluation in evaluations}))
     families = ", ".join(sorted({evaluation.family for evaluation in evaluations}))
     figure = curve_figure(curves, x_label, f"{families}: {evaluations[0].split} tasks")
@@ -351,13 +436,19 @@ def write_evaluation(evaluations: Sequence[Evaluation], out_dir: Path, stem: str
     out_dir = Path(out_dir)
     paths = {suffix: out_dir / f"{stem}.{suffix}" for suffix in ("json", "csv", "png")}
     document = {"agents": [evaluation_to_json(evaluation) for evaluation in evaluations]}
-    write_text_atomically(paths["json"], _dumps_with_compact_arrays(document, ("per_task", "per_seed_task")))
+    write_text_atomically(
+        paths["json"],
+        _dumps_with_compact_arrays(
+            document, ("per_task", "per_seed_task", "per_task_success", "per_seed_task_success")
+        ),
+    )
     write_text_atomically(paths["csv"], evaluations_csv(evaluations))
     plot_evaluations(evaluations, paths["png"])
     return paths
 
 
 __all__ = [
+    "AdaptationCurve",
     "Evaluation",
     "bootstrap_ci",
     "comparison_table",

@@ -398,7 +398,15 @@ def trpo_step(
     equals ``max_kl``, and a backtracking line search on the true loss and KL picks the step; when no candidate is
     accepted the parameters keep their old values. ``timings``, if given, receives the seconds spent in
     ``conjugate_gradient_s`` and ``line_search_s``.
+
+    A gradient of exact zeros (every advantage zero: a sparse-reward batch in which no episode was rewarded) has no
+    direction to step in: the parameters stay and the result says nothing was accepted, as a failed search does.
     """
+    if not bool(gradient.any()):
+        if timings is not None:
+            timings.update(conjugate_gradient_s=0.0, line_search_s=0.0)
+        old_params = flatten_tensors([value.detach() for value in params.values()])
+        return LineSearchResult(old_params, False, 0.0, old_loss, 0.0, 0)
     start = time.perf_counter()
     direction = conjugate_gradient(hessian_vector_product, gradient, iterations=cg_iterations)
     scale = trpo_step_size(direction, hessian_vector_product(direction), max_kl)

@@ -24,6 +24,10 @@ from metarl.vector import TorchVectorEnv, set_vector_tasks
 # an ended episode, which Gymnasium forbids.
 ROLLOUT_AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
 
+SUCCESS_KEY = "success"
+"""The step-info key of a family that defines success (a goal reached); an episode succeeds if any of its steps
+does, as Meta-World counts it."""
+
 
 class RolloutPolicy(Protocol):
     """What ``collect_episodes`` needs of a policy.
@@ -70,6 +74,14 @@ class EpisodeBatch(NamedTuple):
     def returns(self) -> torch.Tensor:
         """``[T, E]`` undiscounted return of each episode."""
         return self.rewards.sum(dim=-1)
+
+    @property
+    def successes(self) -> torch.Tensor | None:
+        """``[T, E]`` float32, 1 for an episode that succeeded at any of its steps (``info["success"]``), or
+        ``None`` when the family does not define success."""
+        if SUCCESS_KEY not in self.infos:
+            return None
+        return (self.infos[SUCCESS_KEY] > 0).any(dim=-1).to(torch.float32)  # padded steps hold 0
 
 
 @torch.no_grad()
@@ -153,7 +165,7 @@ def collect_episodes(
             next_observations, rewards, terminated, truncated, info = envs.step_tensor(actions.to(envs.device))
         else:
             next_observations, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
-            info = _numeric_infos(info, num_envs)
+            info = numeric_step_infos(info, num_envs)
         next_observations = to_tensor(next_observations, torch.float32)
         terminated, truncated = to_tensor(terminated, torch.bool), to_tensor(truncated, torch.bool)
 
@@ -198,36 +210,12 @@ def collect_episodes(
     )
 
 
-def repeated_returns(
-    envs: gym.vector.VectorEnv,
-    family: TaskFamily,
-    tasks: Sequence[Any],
-    episodes_per_task: int,
-    policy: RolloutPolicy,
-    rng: np.random.Generator,
-    num_points: int,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """``[num_points, T]``: each task's mean episode return over ``episodes_per_task`` fresh episodes, at each of
-    ``num_points`` points: the adaptation curve of an agent that does not adapt (a baseline), for the evaluator.
-
-    The env seeds are drawn from ``rng``; a stochastic ``policy`` draws its own actions afresh at every point.
-    """
-    curve = []
-    for _ in range(num_points):
-        batch = collect_episodes(
-            envs, family, tasks, episodes_per_task, policy, seed=int(rng.integers(2**31)), device=device
-        )
-        curve.append(batch.returns.mean(dim=1).cpu().numpy().astype(np.float64))
-    return np.stack(curve)
-
-
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a ``[N]`` mask over the trailing dims of ``like``."""
     return mask.reshape(mask.shape[0], *([1] * (like.dim() - 1)))
 
 
-def _numeric_infos(info: dict[str, Any], num_envs: int) -> dict[str, Any]:
+def numeric_step_infos(info: dict[str, Any], num_envs: int) -> dict[str, Any]:
     """A Gymnasium vector info dict in the native envs' form: per-sub-env numeric entries, and same-step final
     observations as one dense array (``final_obs``) with the mask of the sub-envs they belong to."""
     kept: dict[str, Any] = {}

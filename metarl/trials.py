@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from metarl.rollout import SUCCESS_KEY, numeric_step_infos
 from metarl.tasks import TaskFamily, check_count
 from metarl.vector import TorchVectorEnv, set_vector_tasks
 
@@ -124,6 +125,8 @@ class TrialBatch(NamedTuple):
     """``[N, L]`` int64: the episode (0..n-1) each step belongs to (n on padded steps)."""
     extras: dict[str, torch.Tensor]
     """``[N, L]`` per-step values the policy returned (``log_prob``, ``value``, ...)."""
+    infos: dict[str, torch.Tensor]
+    """``[N, L]`` float32 per-step values the family reports in ``info`` (``"success"``, say), 0 on padded steps."""
     num_episodes: int
     """Episodes per trial."""
     tasks: tuple[Any, ...]
@@ -136,6 +139,18 @@ class TrialBatch(NamedTuple):
         returns = torch.zeros((num_trials, self.num_episodes + 1), dtype=torch.float32, device=self.rewards.device)
         returns.scatter_add_(1, self.episode_index, self.rewards * self.masks)
         return returns[:, : self.num_episodes]
+
+    @property
+    def episode_successes(self) -> torch.Tensor | None:
+        """``[N, n]`` float32, 1 for an episode that succeeded at any of its steps (``info["success"]``), or
+        ``None`` when the family does not define success."""
+        if SUCCESS_KEY not in self.infos:
+            return None
+        num_trials = self.rewards.shape[0]
+        succeeded = torch.zeros((num_trials, self.num_episodes + 1), dtype=torch.float32, device=self.rewards.device)
+        step_success = (self.infos[SUCCESS_KEY] > 0).to(torch.float32)  # padded steps hold 0
+        succeeded.scatter_reduce_(1, self.episode_index, step_success, reduce="amax")
+        return succeeded[:, : self.num_episodes]
 
     @property
     def trial_returns(self) -> torch.Tensor:
@@ -212,6 +227,7 @@ def collect_trials(
     mask_buffer = buffer((), torch.float32)
     episode_buffer = torch.full((max_steps, num_trials), num_episodes, dtype=torch.int64, device=device)
     extra_buffers: dict[str, torch.Tensor] = {}
+    info_buffers: dict[str, torch.Tensor] = {}
 
     steps_taken = 0
     for step in range(max_steps):
@@ -219,9 +235,10 @@ def collect_trials(
         actions, state, extras = policy.act(inputs, state)
         actions = actions.to(act_dtype)
         if native:
-            next_observations, rewards, terminated, truncated, _ = envs.step_tensor(actions.to(envs.device))
+            next_observations, rewards, terminated, truncated, info = envs.step_tensor(actions.to(envs.device))
         else:
-            next_observations, rewards, terminated, truncated, _ = envs.step(actions.cpu().numpy())
+            next_observations, rewards, terminated, truncated, info = envs.step(actions.cpu().numpy())
+            info = numeric_step_infos(info, num_trials)
         rewards = to_tensor(rewards, torch.float32)
         ended = to_tensor(terminated, torch.bool) | to_tensor(truncated, torch.bool)
 
@@ -237,6 +254,12 @@ def collect_trials(
             if key not in extra_buffers:
                 extra_buffers[key] = buffer(tuple(value.shape[1:]), value.dtype)
             extra_buffers[key][step] = value
+        for key, value in info.items():
+            if key.startswith("final_obs"):
+                continue
+            if key not in info_buffers:
+                info_buffers[key] = buffer((), torch.float32)
+            info_buffers[key][step] = torch.where(alive, to_tensor(value, torch.float32), 0.0)
         steps_taken = step + 1
 
         # the same-step autoreset already put the next episode's first observation in next_observations
@@ -259,6 +282,7 @@ def collect_trials(
         masks=trial_major(mask_buffer),
         episode_index=trial_major(episode_buffer),
         extras={key: trial_major(value) for key, value in extra_buffers.items()},
+        infos={key: trial_major(value) for key, value in info_buffers.items()},
         num_episodes=num_episodes,
         tasks=tuple(tasks),
     )

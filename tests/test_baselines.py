@@ -69,7 +69,7 @@ def test_random_agent_does_not_adapt():
     family = make_family(config.family, **config.family_kwargs)
     agent = RandomAgent(family, config, torch.device("cpu"))
     tasks = family.sample_tasks(np.random.default_rng(0), 30)
-    curve = agent.adaptation_returns(tasks, np.random.default_rng(0), 3)
+    curve = agent.adaptation_curve(tasks, np.random.default_rng(0), 3).returns
     assert curve.shape == (3, 30)
     assert not np.array_equal(curve[0], curve[1])  # fresh episodes at every point
     # the same policy at every point: the mean moves by noise only (a few standard errors)

@@ -14,7 +14,7 @@ from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
 from metarl.checkpoint import BEST_CHECKPOINT, save_checkpoint
 from metarl.cli import main as cli_main
 from metarl.config import config_from_dict
-from metarl.evaluate import bootstrap_ci, comparison_table, evaluate_run, write_evaluation
+from metarl.evaluate import Evaluation, bootstrap_ci, comparison_table, evaluate_run, write_evaluation
 from metarl.registry import make_family
 from metarl.trainer import train
 from metarl.vector import TorchVectorEnv
@@ -171,6 +171,66 @@ def test_reports_hold_every_number(maml_run, rl2_run, tmp_path):
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
     table = comparison_table(evaluations)
     assert "step 1:" in table and "episode 4:" in table
+
+
+# -- success rate -----------------------------------------------------------------------------------------------------
+# a goal radius of 0.8 lets even an untrained policy reach some goals (1 away) in 20 steps of at most 0.1 per axis
+SPARSE = {"family": "MetaRL/SparsePointRobot-v0", "family_kwargs": {"goal_radius": 0.8}}
+
+
+@pytest.fixture(scope="module")
+def sparse_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sparse")
+    configs = {
+        "maml-trpo": {**TINY_TRAIN_CONFIG, **SPARSE},
+        "rl2": {**TINY_RL2_CONFIG, **SPARSE},
+        "random": {**TINY_TRAIN_CONFIG, **SPARSE, "algo": "random"},
+    }
+    return [train(config_from_dict(config), run_dir=root / algo).run_dir for algo, config in configs.items()]
+
+
+def test_success_rate_is_measured_where_the_family_defines_success(sparse_runs):
+    for run in sparse_runs:
+        evaluation = evaluate_run(run, num_tasks=8, num_points=3, seeds=(0, 1))
+        assert evaluation.success.shape == evaluation.returns.shape == (2, 3, 8)
+        assert ((evaluation.success >= 0) & (evaluation.success <= 1)).all()
+        assert 0 < evaluation.success.mean() < 1, evaluation.algo
+        # the reward is positive only inside the goal radius: some episode of a task succeeded iff its return is > 0
+        assert np.array_equal(evaluation.success > 0, evaluation.returns > 0), evaluation.algo
+        again = evaluate_run(run, num_tasks=8, num_points=3, seeds=(0, 1))
+        assert np.array_equal(again.success, evaluation.success)
+
+
+def test_success_summary_of_known_values():
+    success = np.array([[[0.0, 0.5, 1.0, 0.5]], [[0.0, 0.5, 1.0, 1.0]]])  # 2 seeds, 1 point, 4 tasks
+    evaluation = Evaluation(
+        name="known", run_dir="", checkpoint="best", algo="maml-trpo", family="f", split="test", curve_label="step",
+        points=(0,), task_indices=(0, 1, 2, 3), seeds=(0, 1), returns=np.zeros((2, 1, 4)), success=success,
+    )  # fmt: skip
+    assert np.array_equal(evaluation.per_task_success(), [[0.0, 0.5, 1.0, 0.75]])
+    (row,) = evaluation.summary()
+    assert row["success"] == pytest.approx(0.5625)
+    assert (row["success_ci_low"], row["success_ci_high"]) == bootstrap_ci([0.0, 0.5, 1.0, 0.75])
+    assert "success 56% [" in comparison_table([evaluation])
+
+
+def test_reports_hold_success_rates_and_leave_them_out_where_undefined(sparse_runs, maml_run, tmp_path):
+    evaluations = [evaluate_run(sparse_runs[0], num_tasks=3, seeds=(0, 1)), evaluate_run(maml_run, num_tasks=3)]
+    paths = write_evaluation(evaluations, tmp_path, "test-best")
+    sparse, navigation = json.loads(paths["json"].read_text())["agents"]
+    assert np.allclose(np.asarray(sparse["per_task_success"]).T, evaluations[0].per_task_success())
+    assert np.asarray(sparse["per_seed_task_success"]).shape == (2, 2, 3)
+    assert all({"success", "success_ci_low", "success_ci_high"} <= set(row) for row in sparse["summary"])
+    assert "per_task_success" not in navigation and all("success" not in row for row in navigation["summary"])
+    rows = list(csv.DictReader(paths["csv"].open()))
+    sparse_rows = [row for row in rows if row["agent"] == evaluations[0].name]
+    navigation_rows = [row for row in rows if row["agent"] == evaluations[1].name]
+    summary = [row for row in sparse_rows if row["task"] == ""]
+    for row, expected in zip(summary, evaluations[0].summary(), strict=True):
+        assert float(row["success"]) == pytest.approx(expected["success"])
+    assert all(row["success"] == "" for row in navigation_rows)
+    table = comparison_table(evaluations).splitlines()
+    assert "success" in table[1] and "success" not in table[2]
 
 
 def test_metarl_evaluate_writes_per_run_and_comparison_reports(maml_run, rl2_run, tmp_path, capsys):

@@ -38,9 +38,7 @@ def make_agent(num_inner_steps: int = 1, first_order: bool = False, family_id: s
     def to_double(data: PolicyGradientData) -> PolicyGradientData:
         return PolicyGradientData(*(t.double() if t.is_floating_point() else t for t in data))
 
-    batch = MetaBatch(
-        [to_double(d) for d in batch.inner], to_double(batch.post), batch.returns, batch.task_returns, None
-    )
+    batch = batch._replace(inner=[to_double(d) for d in batch.inner], post=to_double(batch.post), adapted=None)
     return agent, batch
 
 

@@ -472,3 +472,21 @@ def test_trpo_step_moves_parameters_to_the_trust_region_boundary_and_restores_on
     rejected = trpo_step(stuck, gradient, lambda v: v, lambda c: (100.0, 0.0), 12.5, max_kl=max_kl)
     assert not rejected.accepted
     assert torch.equal(stuck["x"].detach(), x0)
+
+
+def test_a_zero_gradient_is_no_step_not_an_error():
+    # a sparse-reward meta-batch with no rewarded episode has all advantages zero, hence this gradient
+    from metarl.optim import trpo_step
+
+    x0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    params = {"x": torch.nn.Parameter(x0.clone())}
+
+    def never_called(candidate: torch.Tensor) -> tuple[float, float]:
+        raise AssertionError("no candidate to evaluate without a direction")
+
+    timings: dict[str, float] = {}
+    result = trpo_step(params, torch.zeros(2, dtype=torch.float64), lambda v: v, never_called, 3.0, max_kl=0.01,
+                       timings=timings)  # fmt: skip
+    assert (result.accepted, result.step_fraction, result.loss, result.kl) == (False, 0.0, 3.0, 0.0)
+    assert torch.equal(params["x"].detach(), x0) and torch.equal(result.params, x0)
+    assert timings == {"conjugate_gradient_s": 0.0, "line_search_s": 0.0}

@@ -237,6 +237,18 @@ def test_sparse_point_robot_reports_success():
     assert torch.equal(success, (batch.rewards > 0).float())
     assert success[..., -1].all()  # the goal is reached after 10 steps and the robot stays there
     assert not success[..., 0].any()  # the goal is 1 away from the start
+    assert torch.equal(batch.successes, torch.ones(NUM_TASKS, EPISODES))  # an episode succeeds at any step
+    standing_still = collect_episodes(
+        make_envs(family, "native"), family, tasks, EPISODES, goal_seeking_policy(tasks, 0.0), seed=0
+    )
+    assert torch.equal(standing_still.successes, torch.zeros(NUM_TASKS, EPISODES))
+
+
+def test_a_family_without_success_has_no_episode_successes():
+    family = Navigation2D()
+    tasks = family.sample_tasks(np.random.default_rng(6), NUM_TASKS)
+    batch = collect_episodes(make_envs(family, "native"), family, tasks, EPISODES, goal_seeking_policy(tasks, 0.1))
+    assert batch.successes is None
 
 
 @pytest.mark.parametrize("kind", ["native", "sync"])

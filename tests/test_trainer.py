@@ -226,6 +226,15 @@ def test_preset_and_overrides_compose():
     assert config.meta_batch_size == 20 and config.max_kl == 0.01 and config.cg_damping == 1e-5
 
 
+def test_a_sparse_reward_family_without_any_reward_yet_trains_on(tmp_path):
+    # no episode reaches a goal of radius 0.01 at first: every advantage, hence the meta-gradient, is zero
+    sparse = {"family": "MetaRL/SparsePointRobot-v0", "family_kwargs": {"goal_radius": 0.01}, "iterations": 2}
+    result = train(tiny_config(tmp_path, **sparse))
+    records = metrics_without_timings(result.run_dir)
+    assert [record["losses/line_search_accepted"] for record in records] == [0.0, 0.0]
+    assert all(record["meta/return_pre_adapt"] == 0.0 for record in records)
+
+
 def test_exponent_numbers_without_a_dot_are_numbers():
     # PyYAML follows YAML 1.1, which reads 3e-4 as a string; a researcher writes it that way.
     config = load_config(None, ["ppo_learning_rate=3e-4", "cg_damping=1E-5", "max_kl=.5e-2"])

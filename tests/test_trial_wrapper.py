@@ -173,6 +173,47 @@ def test_flags_episodes_and_tasks_follow_the_trial(family_id, family):
         assert trial_tasks[0] != trial_tasks[1]  # a fresh task per trial
 
 
+class _HomesFromTheSecondEpisode:
+    """A trial policy that stands still in the first episode of a trial and walks to the goal from the second:
+    it remembers how many episodes have ended, as a recurrent agent would."""
+
+    def __init__(self, tasks: list) -> None:
+        self.goals = torch.tensor(np.array([task.goal for task in tasks]), dtype=torch.float32)
+
+    def initial_state(self, num_trials: int) -> torch.Tensor:
+        return torch.zeros(num_trials)
+
+    def act(self, inputs: TrialInputs, state: torch.Tensor):
+        episodes_ended = state + inputs.episode_ended
+        homing = (self.goals - inputs.observations).clamp(-1.0, 1.0)  # actions are scaled by max_step (0.1)
+        return torch.where((episodes_ended > 0)[:, None], homing, 0.0), episodes_ended, {}
+
+
+@pytest.mark.parametrize("kind", ["native", "sync"])
+def test_trials_count_success_per_episode(kind):
+    family = SparsePointRobot()
+    tasks = family.sample_tasks(np.random.default_rng(3), 5)
+    if kind == "native":
+        envs = make_trial_envs(family, len(tasks))
+    else:  # the Gymnasium path: the success of an episode's last step comes in final_info (same-step autoreset)
+        envs = gym.vector.SyncVectorEnv(
+            [family.make_env] * len(tasks), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        )
+    batch = collect_trials(envs, family, tasks, 3, _HomesFromTheSecondEpisode(tasks), seed=0)
+    assert batch.infos["success"].shape == batch.rewards.shape
+    assert torch.equal(batch.episode_successes, torch.tensor([[0.0, 1.0, 1.0]] * len(tasks)))
+    # each episode's last step is a success: on the Gymnasium path it comes in final_info, beside the reset
+    last_steps = torch.stack([(batch.episode_index <= e).sum(dim=1) - 1 for e in range(3)], dim=1)
+    assert torch.equal(batch.infos["success"].gather(1, last_steps), torch.tensor([[0.0, 1.0, 1.0]] * len(tasks)))
+
+
+def test_trials_of_a_family_without_success_have_no_episode_successes():
+    family = Navigation2D()
+    tasks = family.sample_tasks(np.random.default_rng(3), 2)
+    batch = collect_trials(make_trial_envs(family, 2), family, tasks, 2, _HomesFromTheSecondEpisode(tasks), seed=0)
+    assert batch.episode_successes is None
+
+
 def test_first_step_encodes_no_previous_action(family):
     env = TrialWrapper(family.make_env(), 2)
     observation, _ = env.reset(seed=0)
