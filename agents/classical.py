@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,8 +31,9 @@ import torch
 
 from envs.bandit import Bandit
 from envs.tabular_mdp import TabularMDP
+from metarl.evaluate import AdaptationCurve
 from metarl.tasks import TaskFamily, check_count, check_real
-from metarl.trials import TrialInputs, TrialPolicy
+from metarl.trials import TrialBatch, TrialInputs, TrialPolicy, collect_trials, make_trial_envs
 
 TUNED_UCB1_C = 0.2
 """Exploration constant of ``"ucb1_prior"``; see :class:`UCB1Agent` for how it was chosen."""
@@ -680,3 +682,65 @@ def make_classical_agent(
             f"agents for this family: {classical_agent_names(family)}"
         )
     return agent_class(family, num_episodes, seed=seed, device=device, **{**spec.defaults, **settings})
+
+
+# -- as a meta-agent -----------------------------------------------------------------------------------------------
+class ClassicalMetaAgent:
+    """A classical baseline in the trainer and the evaluator (``algo=classical``, ``classical_agent=<name>``).
+
+    There is nothing to meta-train: ``metarl train --algo classical iterations=1 ...`` makes a run folder, and
+    ``metarl evaluate`` plays one trial per test task with a fresh agent (its own seed drawn from the evaluation's
+    generator), each episode of the trial a point of the curve, as RL²'s.
+    """
+
+    curve_label = "episode"
+    """Points are the episodes of a trial, as RL²'s."""
+
+    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+        # built once now so that an unknown name or an unsupported family fails before any work starts
+        make_classical_agent(config.classical_agent, family, config.trial_episodes, device=device)
+        self.family = family
+        self.config = config
+        self.device = device
+        self.policy = torch.nn.Module()
+        """No parameters (the trainer's non-finite-parameter guard finds none to check)."""
+        self._envs: dict[int, Any] = {}
+
+    def play_trials(self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int) -> TrialBatch:
+        """One trial of ``num_episodes`` episodes per task, agent and env seeds drawn from ``rng``."""
+        agent_seed, env_seed = (int(seed) for seed in rng.integers(2**31, size=2))
+        agent = make_classical_agent(
+            self.config.classical_agent, self.family, num_episodes, seed=agent_seed, device=self.device
+        )
+        if len(tasks) not in self._envs:
+            self._envs[len(tasks)] = make_trial_envs(self.family, len(tasks), self.device)
+        envs = self._envs[len(tasks)]
+        return collect_trials(envs, self.family, tasks, num_episodes, agent, seed=env_seed, device=self.device)
+
+    def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
+        """Nothing to learn; the returns of its trials on the meta-batch, for the logs."""
+        episode_returns = self.play_trials(tasks, rng, self.config.trial_episodes).episode_returns
+        return {
+            "meta/trial_return": float(episode_returns.sum(dim=1).mean()),
+            "meta/return_first_episode": float(episode_returns[:, 0].mean()),
+            "meta/return_last_episode": float(episode_returns[:, -1].mean()),
+        }
+
+    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
+        return self.play_trials(tasks, rng, self.config.trial_episodes).episode_returns.mean(dim=0).tolist()
+
+    def default_num_points(self) -> int:
+        return self.config.trial_episodes
+
+    def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
+        """Each task's return (and success) in each episode of one trial of ``num_points`` episodes."""
+        return AdaptationCurve.from_trials(self.play_trials(tasks, rng, num_points))
+
+    def selection_score(self, curve: Sequence[float]) -> float:
+        return float(sum(curve))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """No parameters."""

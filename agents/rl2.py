@@ -240,9 +240,7 @@ class RL2:
     def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
         """Each task's return (and success) in each episode of one trial of ``num_points`` episodes (the hidden
         state carried across them; more episodes than trained on measure how the agent extrapolates)."""
-        batch = self.evaluate_trials(tasks, rng, num_points)
-        successes = batch.episode_successes
-        return AdaptationCurve.from_tensors(batch.episode_returns.T, None if successes is None else successes.T)
+        return AdaptationCurve.from_trials(self.evaluate_trials(tasks, rng, num_points))
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the mean total reward of a trial."""

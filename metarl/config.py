@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2", "pretrain-trpo", "oracle-ppo", "random")
+ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2", "pretrain-trpo", "oracle-ppo", "random", "classical")
 
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ class TrainConfig:
     algo: str = "maml-trpo"
     """The meta-learning algorithm: ``maml-trpo``, ``maml-ppo`` (ProMP with ``ppo_kl_coeff`` > 0), ``reptile`` or
     ``rl2``; or a baseline: ``pretrain-trpo`` (multi-task pretraining, fine-tuned like MAML), ``oracle-ppo`` (SB3's
-    PPO told the task: an upper bound) or ``random`` (uniform actions; nothing to train)."""
+    PPO told the task: an upper bound), ``random`` (uniform actions; nothing to train) or ``classical`` (a
+    bandit / tabular-MDP algorithm of the RL² paper, ``classical_agent``, played in trials like RL²)."""
     seed: int = 0
     """Seeds torch, NumPy and Python, the task sampler and the env seeds."""
     split_seed: int = 0
@@ -118,6 +119,10 @@ class TrainConfig:
     """rl2: weight of the value loss (in the return normaliser's scale)."""
     max_grad_norm: float = 0.5
     """rl2: gradients are clipped to this global norm."""
+    classical_agent: str = "gittins"
+    """classical: which algorithm plays the trials (``agents.classical.CLASSICAL_AGENTS``: gittins, thompson, ucb1,
+    ucb1_prior, greedy, epsilon_greedy and random for bandits; psrl, psrl_zero_prior, greedy and random for tabular
+    MDPs), with its documented default settings; its trials have ``trial_episodes`` episodes."""
 
     # -- evaluation, logging, checkpoints ---------------------------------------------------------------------------
     eval_interval: int = 20

@@ -36,6 +36,7 @@ from metarl.device import resolve_device
 from metarl.registry import make_family
 from metarl.seeding import seed_everything
 from metarl.tasks import check_count
+from metarl.trials import TrialBatch
 
 SPLITS = ("test", "validation", "train")
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
@@ -60,6 +61,12 @@ class AdaptationCurve(NamedTuple):
             return torch.stack(list(values)).cpu().numpy().astype(np.float64)
 
         return cls(stacked(returns), None if success is None else stacked(success))
+
+    @classmethod
+    def from_trials(cls, batch: TrialBatch) -> AdaptationCurve:
+        """One trial per task: each episode of the trial is a point."""
+        successes = batch.episode_successes
+        return cls.from_tensors(batch.episode_returns.T, None if successes is None else successes.T)
 
 
 @dataclasses.dataclass(frozen=True)

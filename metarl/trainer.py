@@ -89,6 +89,10 @@ def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) ->
         from agents.random_policy import RandomAgent
 
         return RandomAgent(family, config, device)
+    if config.algo == "classical":
+        from agents.classical import ClassicalMetaAgent
+
+        return ClassicalMetaAgent(family, config, device)
     raise ValueError(f"unknown algo {config.algo!r}")
 
 

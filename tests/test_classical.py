@@ -4,6 +4,7 @@ bookkeeping, determinism, their scores against the paper's Table 1 and Table 2, 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -300,3 +301,60 @@ def test_bad_settings_raise() -> None:
         make_classical_agent("psrl", TabularMDP(), 10, prior_reward_var=0.0)
     with pytest.raises(TypeError, match="discount"):
         make_classical_agent("thompson", Bandit(), 10, discount=0.9)  # a Gittins setting
+
+
+# -- as a meta-agent: trained and evaluated through the command line like every agent --------------------------------
+def classical_config(tmp_path, **overrides: Any):
+    from metarl.config import config_from_dict
+
+    values = {
+        "algo": "classical",
+        "classical_agent": "gittins",
+        "family": "MetaRL/Bandit-v0",
+        "family_kwargs": {"num_arms": 3},
+        "trial_episodes": 10,
+        "num_tasks": 2000,
+        "meta_batch_size": 20,
+        "iterations": 1,
+        "eval_interval": 1,
+        "eval_tasks": 20,
+        "test_tasks": 20,
+        "run_root": str(tmp_path),
+        "progress": False,
+    }
+    return config_from_dict({**values, **overrides})
+
+
+def test_a_classical_run_is_evaluated_like_rl2(tmp_path) -> None:
+    from metarl.evaluate import evaluate_run
+    from metarl.trainer import train
+
+    gittins = train(classical_config(tmp_path / "gittins")).run_dir
+    random = train(classical_config(tmp_path / "random", classical_agent="random")).run_dir
+    curves = {}
+    for run in (gittins, random):
+        evaluation = evaluate_run(run, num_tasks=200, seeds=(0, 1))
+        assert (evaluation.curve_label, evaluation.points, evaluation.success) == ("episode", tuple(range(1, 11)), None)
+        curves[run] = evaluation.per_task().mean(axis=1)
+        again = evaluate_run(run, num_tasks=200, seeds=(0, 1))
+        assert np.array_equal(again.returns, evaluation.returns)
+    # Gittins learns the arms within the trial: its last pulls beat its first and random's (std. error ~0.025)
+    assert curves[gittins][-3:].mean() > curves[gittins][0] + 0.08
+    assert curves[gittins][-3:].mean() > curves[random].mean() + 0.08
+    assert abs(curves[random][-3:].mean() - curves[random][:3].mean()) < 0.08
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"classical_agent": "nope"}, "unknown classical agent 'nope'; allowed:"),
+        ({"classical_agent": "psrl"}, "classical agent 'psrl' supports ['TabularMDP'] families"),
+        ({"family": "MetaRL/Navigation2D-v0", "family_kwargs": {}}, "supports ['Bandit'] families"),
+    ],
+)
+def test_a_bad_classical_run_is_rejected_before_any_work(tmp_path, overrides: dict, message: str) -> None:
+    from metarl.trainer import train
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(classical_config(tmp_path, **overrides))
+    assert not any(tmp_path.iterdir())
