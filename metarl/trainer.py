@@ -246,7 +246,8 @@ def _first_tasks(tasks: Sequence[Any], count: int) -> tuple[Any, ...]:
 def _new_run_dir(config: TrainConfig) -> Path:
     family = config.family.replace("/", "_")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(config.run_root) / f"{family}__{config.algo}__{config.seed}__{stamp}"
+    algo = f"classical-{config.classical_agent}" if config.algo == "classical" else config.algo
+    return Path(config.run_root) / f"{family}__{algo}__{config.seed}__{stamp}"
 
 
 def _drop_metrics_after(path: Path, iteration: int) -> None:

@@ -330,6 +330,7 @@ def test_a_classical_run_is_evaluated_like_rl2(tmp_path) -> None:
     from metarl.trainer import train
 
     gittins = train(classical_config(tmp_path / "gittins")).run_dir
+    assert gittins.name.startswith("MetaRL_Bandit-v0__classical-gittins__0__")
     random = train(classical_config(tmp_path / "random", classical_agent="random")).run_dir
     curves = {}
     for run in (gittins, random):
