@@ -3,6 +3,8 @@
 This is the one place the suite's ids are registered: ``import envs`` and then ``gymnasium.make("MetaRL/...")``.
 """
 
+import importlib.util
+
 from envs.bandit import Bandit, BanditTask
 from envs.locomotion import (
     AntDir,
@@ -39,7 +41,15 @@ MUJOCO_FAMILIES = (
 for _family in (Bandit, TabularMDP, Navigation2D, SparsePointRobot, *MUJOCO_FAMILIES):
     register_family(_family)
 
+META_WORLD_AVAILABLE = importlib.util.find_spec("metaworld") is not None
+"""Whether the optional extra ``metarl[metaworld]`` is installed; its families are registered only then."""
+if META_WORLD_AVAILABLE:
+    from envs.meta_world import register_meta_world_families
+
+    register_meta_world_families()
+
 __all__ = [
+    "META_WORLD_AVAILABLE",
     "MUJOCO_FAMILIES",
     "AntDir",
     "AntDir2D",

@@ -62,6 +62,9 @@ DEFAULT_RL2_OUT = Path("benchmarks/rl2.json")
 DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 DEFAULT_OUT = Path("benchmarks/env_steps.json")
 DEFAULT_MUJOCO_OUT = Path("benchmarks/mujoco_env_steps.json")
+DEFAULT_METAWORLD_OUT = Path("benchmarks/metaworld_env_steps.json")
+METAWORLD_ENV = "reach-v3"
+METAWORLD_NUM_ENVS = (1, 10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"MDP presets at GRU sizes 256 and 128, separate and shared critic (default --out {DEFAULT_RL2_OUT})",
     )
     parser.add_argument(
+        "--metaworld",
+        action="store_true",
+        help="instead of the light families, the Meta-World adapter (MetaRL/MetaWorld-ML1-reach-v0's vector env) vs "
+        "Meta-World's own gymnasium.make_vec('Meta-World/ML1-train', env_name='reach-v3') at "
+        f"{', '.join(map(str, METAWORLD_NUM_ENVS))} sub-envs (needs the metaworld extra; default --out "
+        f"{DEFAULT_METAWORLD_OUT})",
+    )
+    parser.add_argument(
         "--mujoco",
         action="store_true",
         help="instead of the light families, the MuJoCo batched env (1 thread and all CPUs) vs Gymnasium's "
@@ -429,6 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return benchmark_rl2(args, argv)
     if args.mujoco:
         return benchmark_mujoco(args, argv)
+    if args.metaworld:
+        return benchmark_metaworld(args, argv)
     try:
         config = build_config(args)
     except ValueError as error:
@@ -807,6 +820,95 @@ def benchmark_mujoco(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
                 flush=True,
             )
     out = args.out or DEFAULT_MUJOCO_OUT
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data
+
+
+# -- the Meta-World adapter -----------------------------------------------------------------------------------------
+
+
+def metaworld_runners(num_envs: int, seed: int) -> list[Runner]:
+    """The adapter's vector env (``MetaRL/MetaWorld-ML1-reach-v0``, one Meta-World task per sub-env) and Meta-World's
+    own ML1 vector env, both synchronous, in NEXT_STEP autoreset mode, episodes of Meta-World's 500 steps."""
+    import metaworld  # noqa: F401 - registers Meta-World's own ids
+
+    family = family_spec("MetaRL/MetaWorld-ML1-reach-v0").make_family()
+    tasks = family.split(seed=0).train[:num_envs]
+
+    def numpy_inputs(actions: np.ndarray) -> list[np.ndarray]:
+        return list(actions)
+
+    adapter = family.make_vec_env(num_envs, tasks, autoreset_mode=AutoresetMode.NEXT_STEP)
+    theirs = gym.make_vec(
+        "Meta-World/ML1-train",
+        env_name=METAWORLD_ENV,
+        meta_batch_size=num_envs,
+        vector_strategy="sync",
+        autoreset_mode=AutoresetMode.NEXT_STEP,
+        seed=seed,
+    )
+    theirs.call("sample_tasks")  # Meta-World's loop gives each sub-env a task explicitly, then resets keep it
+    runners = []
+    for name, envs in (("adapter", adapter), ("metaworld", theirs)):
+        envs.reset(seed=seed)
+        runners.append(Runner(name, envs, envs.step, numpy_inputs, _no_op))
+    return runners
+
+
+def benchmark_metaworld(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Env steps per second of the Meta-World adapter against Meta-World's own vector env, repeats interleaved;
+    ``adapter_over_metaworld`` below 1 is the adapter's overhead (the goal: at most 10 %)."""
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else DEFAULT_REPEATS
+    if repeats < 1:
+        raise SystemExit(f"--repeats must be a positive integer, got {repeats}")
+    num_envs_list = args.num_envs or ([1] if args.quick else list(METAWORLD_NUM_ENVS))
+    budget = QUICK_BUDGET if args.quick else dataclasses.replace(DEFAULT_BUDGET, target_seconds=args.target_seconds)
+    data: dict[str, Any] = {
+        "machine": machine_info(torch.device("cpu")),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"env_name": METAWORLD_ENV, "num_envs": num_envs_list, "repeats": repeats},
+        "results": [],
+        "ratios": [],
+    }
+    print(f"repeats={repeats} (median env steps/s)")
+    for num_envs in num_envs_list:
+        rng = np.random.default_rng(args.seed)
+        runners = metaworld_runners(num_envs, args.seed)
+        try:
+            steps = [calibrate(runner, num_envs, budget, rng) for runner in runners]
+            inputs = [
+                runner.to_inputs(random_actions(runner.envs.single_action_space, num_envs, n, rng))
+                for runner, n in zip(runners, steps, strict=True)
+            ]
+            gc.collect()
+            rates: list[list[float]] = [[] for _ in runners]
+            for _ in range(repeats):
+                for i, runner in enumerate(runners):
+                    rates[i].append(num_envs * steps[i] / time_steps(runner, inputs[i]))
+        finally:
+            for runner in runners:
+                runner.envs.close()
+        median = {runner.name: statistics.median(rates[i]) for i, runner in enumerate(runners)}
+        for i, runner in enumerate(runners):
+            data["results"].append(
+                {
+                    "num_envs": num_envs,
+                    "implementation": runner.name,
+                    "median_steps_per_second": median[runner.name],
+                    "repeat_steps_per_second": rates[i],
+                }
+            )
+        ratio = median["adapter"] / median["metaworld"]
+        data["ratios"].append({"num_envs": num_envs, "adapter_over_metaworld": ratio})
+        print(
+            f"{num_envs:5d} sub-envs  adapter {format_rate(median['adapter'])}  metaworld "
+            f"{format_rate(median['metaworld'])}  adapter/metaworld {ratio:.3f}",
+            flush=True,
+        )
+    out = args.out or DEFAULT_METAWORLD_OUT
     write_json_atomic(out, data)
     print(f"wrote {out}")
     return data
