@@ -208,6 +208,29 @@ def calibrate(runner: Runner, num_envs: int, budget: Budget, rng: np.random.Gene
     return min(max(wanted, budget.min_steps), budget.max_steps)
 
 
+def interleaved_rates(
+    runners: Sequence[Runner], budget: Budget, repeats: int, rng: np.random.Generator
+) -> tuple[list[int], list[list[float]]]:
+    """Calibrate each runner, then time them in turns, ``repeats`` times (so that a slow phase of the machine hits
+    them all alike). Returns each runner's steps per repeat and its env steps per second in every repeat; closes
+    the runners' envs."""
+    try:
+        steps = [calibrate(runner, runner.envs.num_envs, budget, rng) for runner in runners]
+        inputs = [
+            runner.to_inputs(random_actions(runner.envs.single_action_space, runner.envs.num_envs, n, rng))
+            for runner, n in zip(runners, steps, strict=True)
+        ]
+        gc.collect()  # once per case: a full collection takes ~0.1 s with torch loaded
+        rates: list[list[float]] = [[] for _ in runners]
+        for _ in range(repeats):
+            for i, runner in enumerate(runners):
+                rates[i].append(runner.envs.num_envs * steps[i] / time_steps(runner, inputs[i]))
+    finally:
+        for runner in runners:
+            runner.envs.close()
+    return steps, rates
+
+
 def benchmark_case(family_id: str, num_envs: int, config: Config) -> list[dict[str, Any]]:
     """Time every implementation of ``family_id`` at ``num_envs`` sub-envs, repeats interleaved.
 
@@ -217,21 +240,7 @@ def benchmark_case(family_id: str, num_envs: int, config: Config) -> list[dict[s
     family = family_spec(family_id).make_family()
     rng = np.random.default_rng(config.seed)
     runners = make_runners(family, num_envs, config.device, config.seed)
-    try:
-        steps = [calibrate(runner, num_envs, config.budget, rng) for runner in runners]
-        inputs = [
-            runner.to_inputs(random_actions(runner.envs.single_action_space, num_envs, n, rng))
-            for runner, n in zip(runners, steps, strict=True)
-        ]
-        gc.collect()  # once per case: a full collection takes ~0.1 s with torch loaded
-        # interleave the implementations so that a slow phase of the machine hits them all alike
-        rates: list[list[float]] = [[] for _ in runners]
-        for _ in range(config.repeats):
-            for i, runner in enumerate(runners):
-                rates[i].append(num_envs * steps[i] / time_steps(runner, inputs[i]))
-    finally:
-        for runner in runners:
-            runner.envs.close()
+    steps, rates = interleaved_rates(runners, config.budget, config.repeats, rng)
     return [
         {
             "family": family_id,
@@ -768,20 +777,7 @@ def benchmark_mujoco(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
         for num_envs in num_envs_list:
             rng = np.random.default_rng(args.seed)
             runners = mujoco_runners(family, num_envs, args.seed, threads)
-            try:
-                steps = [calibrate(runner, runner.envs.num_envs, budget, rng) for runner in runners]
-                inputs = [
-                    runner.to_inputs(random_actions(family.action_space, runner.envs.num_envs, n, rng))
-                    for runner, n in zip(runners, steps, strict=True)
-                ]
-                gc.collect()
-                rates: list[list[float]] = [[] for _ in runners]
-                for _ in range(repeats):
-                    for i, runner in enumerate(runners):
-                        rates[i].append(runner.envs.num_envs * steps[i] / time_steps(runner, inputs[i]))
-            finally:
-                for runner in runners:
-                    runner.envs.close()
+            _, rates = interleaved_rates(runners, budget, repeats, rng)
             median = {runner.name: statistics.median(rates[i]) for i, runner in enumerate(runners)}
             for i, runner in enumerate(runners):
                 data["results"].append(
@@ -877,20 +873,7 @@ def benchmark_metaworld(args: argparse.Namespace, argv: Sequence[str]) -> dict[s
     for num_envs in num_envs_list:
         rng = np.random.default_rng(args.seed)
         runners = metaworld_runners(num_envs, args.seed)
-        try:
-            steps = [calibrate(runner, num_envs, budget, rng) for runner in runners]
-            inputs = [
-                runner.to_inputs(random_actions(runner.envs.single_action_space, num_envs, n, rng))
-                for runner, n in zip(runners, steps, strict=True)
-            ]
-            gc.collect()
-            rates: list[list[float]] = [[] for _ in runners]
-            for _ in range(repeats):
-                for i, runner in enumerate(runners):
-                    rates[i].append(num_envs * steps[i] / time_steps(runner, inputs[i]))
-        finally:
-            for runner in runners:
-                runner.envs.close()
+        _, rates = interleaved_rates(runners, budget, repeats, rng)
         median = {runner.name: statistics.median(rates[i]) for i, runner in enumerate(runners)}
         for i, runner in enumerate(runners):
             data["results"].append(
