@@ -69,7 +69,7 @@ def test_split_is_meta_worlds_own(meta_world_id):
 
 
 @needs_metaworld
-@pytest.mark.parametrize("meta_world_id", [*ML1_IDS, "MetaRL/MetaWorld-ML10-v0"])
+@pytest.mark.parametrize("meta_world_id", [*ML1_IDS, "MetaRL/MetaWorld-ML10-v0", "MetaRL/MetaWorld-ML45-v0"])
 def test_env_checker_passes(meta_world_id):
     from gymnasium.utils.env_checker import check_env
 
