@@ -61,6 +61,8 @@ class RunResult:
     """Meta-iterations done."""
     minutes: float
     """Wall-clock minutes of this invocation."""
+    test_success: list[float] | None = None
+    """Success rate on the test tasks at each point, where the family defines success (``info["success"]``)."""
 
 
 def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) -> Any:
@@ -199,12 +201,15 @@ def train(
     if (run_dir / BEST_CHECKPOINT).is_file():
         agent.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT)["agent"])
     test_rng = np.random.default_rng([config.seed, 2**20])
-    test_returns = agent.evaluate(_first_tasks(split.test, config.test_tasks), test_rng)
+    test_curve = agent.adaptation_curve(
+        _first_tasks(split.test, config.test_tasks), test_rng, agent.default_num_points()
+    )
     result = RunResult(
         run_dir=run_dir,
-        test_returns=test_returns,
+        test_returns=test_curve.returns.mean(axis=1).tolist(),
         curve_label=agent.curve_label,
         best_validation_return=best_validation,
+        test_success=None if test_curve.success is None else test_curve.success.mean(axis=1).tolist(),
         iterations=config.iterations,
         minutes=(time.perf_counter() - started) / 60,
     )

@@ -69,6 +69,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
     records = metrics_without_timings(result.run_dir)
     assert [record["iteration"] for record in records] == [1, 2, 3, 4]
     assert "validation/return_step_1" in records[1] and "validation/return_step_1" not in records[0]
+    assert result.test_success is None  # Navigation2D defines no success
 
 
 @pytest.mark.parametrize("tiny_config", [TINY_TRAIN_CONFIG, TINY_RL2_CONFIG], ids=["maml-trpo", "rl2"])
@@ -233,6 +234,9 @@ def test_a_sparse_reward_family_without_any_reward_yet_trains_on(tmp_path):
     records = metrics_without_timings(result.run_dir)
     assert [record["losses/line_search_accepted"] for record in records] == [0.0, 0.0]
     assert all(record["meta/return_pre_adapt"] == 0.0 for record in records)
+    # the family defines success: the run reports the test success rate at each point (none reached here)
+    assert result.test_success == [0.0] * len(result.test_returns)
+    assert json.loads((result.run_dir / "results.json").read_text())["test_success"] == result.test_success
 
 
 def test_exponent_numbers_without_a_dot_are_numbers():
