@@ -726,9 +726,6 @@ class ClassicalMetaAgent:
             "meta/return_last_episode": float(episode_returns[:, -1].mean()),
         }
 
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        return self.play_trials(tasks, rng, self.config.trial_episodes).episode_returns.mean(dim=0).tolist()
-
     def default_num_points(self) -> int:
         return self.config.trial_episodes
 

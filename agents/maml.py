@@ -449,12 +449,6 @@ class MAML:
             metrics["meta/return_pre_adapt" if k == 0 else f"meta/return_step_{k}"] = value
         return metrics
 
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int | None = None) -> list[float]:
-        """Mean episode return on ``tasks`` before adaptation and after each of ``num_steps`` steps
-        (default ``config.eval_steps``)."""
-        num_steps = self.config.eval_steps if num_steps is None else num_steps
-        return self.sample(tasks, rng, num_steps, evaluation=True).returns
-
     def default_num_points(self) -> int:
         """Points of the evaluation curve: before adaptation and after each of ``config.eval_steps`` steps."""
         return self.config.eval_steps + 1

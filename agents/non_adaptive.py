@@ -56,8 +56,5 @@ class NonAdaptiveAgent:
                 successes.append(batch.successes.mean(dim=1))
         return AdaptationCurve.from_tensors(returns, successes or None)
 
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        return self.adaptation_curve(tasks, rng, self.default_num_points()).returns.mean(axis=1).tolist()
-
     def selection_score(self, curve: Sequence[float]) -> float:
         return float(np.mean(curve))

@@ -222,10 +222,6 @@ class RL2:
         metrics["time/update_s"] = time.perf_counter() - sampled
         return metrics
 
-    def evaluate(self, tasks: Sequence[Any], rng: np.random.Generator) -> list[float]:
-        """Mean return of each episode of a trial on ``tasks``: how the agent adapts over the trial."""
-        return self.evaluate_trials(tasks, rng).episode_returns.mean(dim=0).tolist()
-
     def evaluate_trials(
         self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int | None = None
     ) -> TrialBatch:

@@ -28,14 +28,18 @@ class RunLogger:
         self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
         self._jsonl.flush()
 
-    def log_curve(self, iteration: int, tag: str, curve_label: str, curve: list[float]) -> None:
-        """An adaptation curve (the return at each adaptation step or trial episode) as a TensorBoard figure, so that
-        its shape can be followed across evaluations (the points are also scalars, through ``log``)."""
+    def log_curve(
+        self, iteration: int, tag: str, curve_label: str, curve: list[float], success: list[float] | None = None
+    ) -> None:
+        """An adaptation curve (the return at each adaptation step or trial episode, and the success rate where the
+        family defines success) as a TensorBoard figure, so that its shape can be followed across evaluations (the
+        points are also scalars, through ``log``)."""
         from metarl.evaluate import curve_figure, x_axis_label
 
         first = 0 if curve_label == "step" else 1
         points = list(range(first, first + len(curve)))
-        figure = curve_figure([{"name": tag, "points": points, "mean": curve}], x_axis_label(curve_label), tag)
+        line = {"name": tag, "points": points, "mean": curve, **({} if success is None else {"success": success})}
+        figure = curve_figure([line], x_axis_label(curve_label), tag)
         self.writer.add_figure(f"{tag}/adaptation_curve", figure, iteration)  # closes the figure
 
     def close(self) -> None:

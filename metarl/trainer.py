@@ -6,10 +6,12 @@ pre-adaptation episodes, adapts, collects post-adaptation episodes and meta-upda
 return are kept; the final evaluation runs on held-out *test* tasks with those parameters. Checkpoints hold
 everything needed to resume exactly: parameters, every random state, the iteration and the best validation score.
 
-An agent plugs in by providing ``train_step(tasks, rng) -> metrics``; ``evaluate(tasks, rng) -> curve``, its mean
-return at each point of adaptation (after 0..K gradient steps for MAML, at each episode of a trial for RL²), named
-by its ``curve_label`` (``"step"`` or ``"episode"``); ``selection_score(curve)``, the validation number the kept
-parameters maximise; ``state_dict()`` / ``load_state_dict()``; and a ``policy`` module.
+An agent plugs in by providing ``train_step(tasks, rng) -> metrics``; ``adaptation_curve(tasks, rng, num_points) ->
+AdaptationCurve``, each task's mean return (and success rate) at each point of adaptation (after 0..K gradient steps
+for MAML, at each episode of a trial for RL²; ``default_num_points()`` of them), named by its ``curve_label``
+(``"step"`` or ``"episode"``); ``selection_score(curve)``, the validation number the kept parameters maximise, from
+the mean return at each point; ``state_dict()`` / ``load_state_dict()``; and a ``policy`` module. The validation
+and test evaluations here and ``metarl evaluate`` all use ``adaptation_curve``.
 """
 
 from __future__ import annotations
@@ -172,9 +174,13 @@ def train(
             metrics = _guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
-                curve = agent.evaluate(validation_tasks, task_rng)
-                metrics.update(_curve_metrics("validation", agent.curve_label, curve))
-                logger.log_curve(done, "validation", agent.curve_label, curve)
+                validation = agent.adaptation_curve(validation_tasks, task_rng, agent.default_num_points())
+                curve = validation.returns.mean(axis=1).tolist()
+                success = None if validation.success is None else validation.success.mean(axis=1).tolist()
+                metrics.update(_curve_metrics("validation/return", agent.curve_label, curve))
+                if success is not None:
+                    metrics.update(_curve_metrics("validation/success", agent.curve_label, success))
+                logger.log_curve(done, "validation", agent.curve_label, curve, success)
                 score = agent.selection_score(curve)
                 if score > best_validation:
                     best_validation = score
@@ -237,9 +243,10 @@ def _guarded_train_step(agent: Any, tasks: list[Any], rng: np.random.Generator) 
 
 
 def _curve_metrics(prefix: str, curve_label: str, curve: list[float]) -> dict[str, float]:
-    """``validation/return_step_0..K`` (MAML) or ``validation/return_episode_1..n`` (RL²)."""
+    """``validation/return_step_0..K`` (MAML) or ``validation/return_episode_1..n`` (RL²), likewise
+    ``validation/success_...`` for the success rate."""
     first = 0 if curve_label == "step" else 1
-    return {f"{prefix}/return_{curve_label}_{k + first}": value for k, value in enumerate(curve)}
+    return {f"{prefix}_{curve_label}_{k + first}": value for k, value in enumerate(curve)}
 
 
 def _first_tasks(tasks: Sequence[Any], count: int) -> tuple[Any, ...]:
