@@ -62,6 +62,11 @@ class AdaptationCurve(NamedTuple):
 
         return cls(stacked(returns), None if success is None else stacked(success))
 
+    def means_over_tasks(self) -> tuple[list[float], list[float] | None]:
+        """The mean return at each point, and the mean success rate (``None`` where success is not defined)."""
+        success = None if self.success is None else self.success.mean(axis=1).tolist()
+        return self.returns.mean(axis=1).tolist(), success
+
     @classmethod
     def from_trials(cls, batch: TrialBatch) -> AdaptationCurve:
         """One trial per task: each episode of the trial is a point."""

@@ -175,8 +175,7 @@ def train(
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
                 validation = agent.adaptation_curve(validation_tasks, task_rng, agent.default_num_points())
-                curve = validation.returns.mean(axis=1).tolist()
-                success = None if validation.success is None else validation.success.mean(axis=1).tolist()
+                curve, success = validation.means_over_tasks()
                 metrics.update(_curve_metrics("validation/return", agent.curve_label, curve))
                 if success is not None:
                     metrics.update(_curve_metrics("validation/success", agent.curve_label, success))
@@ -210,12 +209,13 @@ def train(
     test_curve = agent.adaptation_curve(
         _first_tasks(split.test, config.test_tasks), test_rng, agent.default_num_points()
     )
+    test_returns, test_success = test_curve.means_over_tasks()
     result = RunResult(
         run_dir=run_dir,
-        test_returns=test_curve.returns.mean(axis=1).tolist(),
+        test_returns=test_returns,
         curve_label=agent.curve_label,
         best_validation_return=best_validation,
-        test_success=None if test_curve.success is None else test_curve.success.mean(axis=1).tolist(),
+        test_success=test_success,
         iterations=config.iterations,
         minutes=(time.perf_counter() - started) / 60,
     )
