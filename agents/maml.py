@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ import torch
 
 from agents.policies import batch_params, make_policy
 from metarl.advantages import discounted_returns, fit_and_predict_linear_baseline, gae, normalize_advantages
+from metarl.distributed import TaskShard, Workers
 from metarl.evaluate import AdaptationCurve
 from metarl.optim import flatten_tensors, trpo_step, unflatten_like
 from metarl.rollout import EpisodeBatch, collect_episodes
@@ -69,6 +71,9 @@ class MetaBatch(NamedTuple):
     success)."""
     adapted: Params | None
     """Each task's parameters after the last step (leading task dim), as used to collect ``post``."""
+    shard: TaskShard
+    """Which block of the meta-batch this process holds: the tensors above are those tasks' (all of them with one
+    process); the losses average over ``shard.total`` tasks."""
 
 
 class MAML:
@@ -86,15 +91,17 @@ class MAML:
         family: the task family to meta-train on.
         config: a :class:`metarl.config.TrainConfig` (the MAML fields are read).
         device: where the policy, the inner loops, the updates and the native envs live.
+        workers: the processes meta-training together (:mod:`metarl.distributed`); one by default.
     """
 
     curve_label = "step"
     """Evaluation curves are the mean return after 0, 1, ..., K adaptation steps."""
 
-    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+    def __init__(self, family: TaskFamily, config: Any, device: torch.device, workers: Workers | None = None) -> None:
         self.family = family
         self.config = config
         self.device = device
+        self.workers = workers or Workers()
         self.policy = make_policy(
             family.observation_space, family.action_space, config.hidden_sizes, config.activation
         ).to(device)
@@ -109,10 +116,7 @@ class MAML:
             ).to(device)
         self.optimizer: torch.optim.Optimizer | None = None
         if config.algo == "maml-ppo":
-            parameters = list(self.policy.parameters())
-            if self.learned_step_sizes is not None:
-                parameters += list(self.learned_step_sizes.parameters())
-            self.optimizer = torch.optim.Adam(parameters, lr=config.ppo_learning_rate)
+            self.optimizer = torch.optim.Adam(self.optimizer_parameters(), lr=config.ppo_learning_rate)
         self._envs: dict[int, Any] = {}
 
     # -- data ------------------------------------------------------------------------------------------------------
@@ -122,14 +126,22 @@ class MAML:
             self._envs[num_envs] = self.family.make_vec_env(num_envs, device=self.device)
         return self._envs[num_envs]
 
-    def collect(self, tasks: Sequence[Any], params: Params | None, seed: int) -> EpisodeBatch:
-        """Episodes of every task with the meta-parameters (``params=None``) or per-task ``params``."""
+    def collect(
+        self, tasks: Sequence[Any], params: Params | None, seed: int, shard: TaskShard | None = None
+    ) -> EpisodeBatch:
+        """Episodes of every task with the meta-parameters (``params=None``) or per-task ``params``.
+
+        With a ``shard``, ``tasks`` are that block of a meta-batch: sub-envs are seeded by their position in the
+        whole batch and the action noise is the whole batch's (:mod:`metarl.distributed`).
+        """
         episodes = self.config.episodes_per_task
         envs = self.envs(len(tasks) * episodes)
         detached = None if params is None else {name: value.detach() for name, value in params.items()}
+        act = self.policy.act if shard is None else functools.partial(self.policy.act, shard=shard)
+        first_env = 0 if shard is None else shard.start * episodes
         # the batch on the policy's device, also when the env is a host-side one (the MuJoCo families')
         return collect_episodes(
-            envs, self.family, tasks, episodes, self.policy.act, params=detached, seed=seed, device=self.device
+            envs, self.family, tasks, episodes, act, params=detached, seed=seed + first_env, device=self.device
         )
 
     def process(self, batch: EpisodeBatch) -> PolicyGradientData:
@@ -206,7 +218,13 @@ class MAML:
         return {name: torch.stack([p[name] for p in adapted_per_task]) for name in params}
 
     def sample(self, tasks: Sequence[Any], rng: np.random.Generator, num_steps: int, evaluation: bool) -> MetaBatch:
-        """Collect pre-adaptation episodes, adapt step by step collecting after each step (no meta-gradient)."""
+        """Collect pre-adaptation episodes, adapt step by step collecting after each step (no meta-gradient).
+
+        ``tasks`` is the whole meta-batch; this process collects and adapts its block of it, and the returns are
+        those of the whole meta-batch.
+        """
+        shard = self.workers.shard(len(tasks))
+        tasks = shard.select(tasks)
         inner: list[PolicyGradientData] = []
         returns: list[float] = []
         task_returns: list[torch.Tensor] = []
@@ -214,14 +232,14 @@ class MAML:
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
         for step_size in [*self.step_sizes(num_steps, evaluation), None]:
-            batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)))
-            returns.append(batch.returns.mean().item())
+            batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)), shard=shard)
+            returns.append(self.workers.sum_floats([batch.returns.mean(dim=1).sum()])[0] / shard.total)
             task_returns.append(batch.returns.mean(dim=1))
             if batch.successes is not None:
                 task_successes.append(batch.successes.mean(dim=1))
             data = self.process(batch)
             if step_size is None:
-                return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted)
+                return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted, shard)
             inner.append(data)
             with torch.enable_grad():
                 current = batch_params(params, len(tasks)) if adapted is None else adapted
@@ -232,18 +250,27 @@ class MAML:
 
     # -- outer loop ------------------------------------------------------------------------------------------------
     def surrogate(
-        self, adapted: Params, post: PolicyGradientData, old_log_probs: torch.Tensor, old_distribution: Any
+        self,
+        adapted: Params,
+        post: PolicyGradientData,
+        old_log_probs: torch.Tensor,
+        old_distribution: Any,
+        total_tasks: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """TRPO's surrogate loss and mean KL(old ‖ new) on the post-adaptation episodes, averaged over tasks."""
+        """TRPO's surrogate loss and mean KL(old ‖ new) on the post-adaptation episodes: this process's share of the
+        averages over the ``total_tasks`` tasks of the meta-batch (default: these tasks are all of it)."""
         distribution = self.policy.distribution(post.observations, adapted)
         ratio = torch.exp(distribution.log_prob(post.actions) - old_log_probs)
-        loss = -_masked_mean_per_task(ratio * post.advantages, post.masks).mean()
-        return loss, self._mean_kl(distribution, old_distribution, post.masks)
+        loss = -_masked_mean_per_task(ratio * post.advantages, post.masks).sum() / (total_tasks or post.masks.shape[0])
+        return loss, self._mean_kl(distribution, old_distribution, post.masks, total_tasks)
 
     @staticmethod
-    def _mean_kl(distribution: Any, old_distribution: Any, masks: torch.Tensor) -> torch.Tensor:
+    def _mean_kl(
+        distribution: Any, old_distribution: Any, masks: torch.Tensor, total_tasks: int | None = None
+    ) -> torch.Tensor:
+        """This process's share of the mean over the meta-batch's tasks of each task's mean KL(old ‖ new)."""
         kl = torch.distributions.kl_divergence(old_distribution, distribution)
-        return _masked_mean_per_task(kl, masks).mean()
+        return _masked_mean_per_task(kl, masks).sum() / (total_tasks or masks.shape[0])
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
         """One outer update of the meta-parameters: TRPO (``maml-trpo``) or PPO epochs (``maml-ppo``)."""
@@ -258,6 +285,7 @@ class MAML:
         config = self.config
         start = time.perf_counter()
         theta = dict(self.policy.named_parameters())
+        total_tasks = batch.shard.total
         old_distribution = _detach_distribution(
             self.policy.distribution(batch.post.observations, _detach(self.adapt(theta, batch.inner, False)))
         )
@@ -270,24 +298,36 @@ class MAML:
             ratio = torch.exp(distribution.log_prob(batch.post.actions) - old_log_probs)
             clipped_ratio = ratio.clamp(1.0 - config.ppo_clip, 1.0 + config.ppo_clip)
             objective = torch.min(ratio * batch.post.advantages, clipped_ratio * batch.post.advantages)
-            loss = -_masked_mean_per_task(objective, batch.post.masks).mean()
+            loss = -_masked_mean_per_task(objective, batch.post.masks).sum() / total_tasks
             if config.ppo_kl_coeff > 0:
                 pre_distribution = self.policy.distribution(pre.observations, theta)
-                loss = loss + config.ppo_kl_coeff * self._mean_kl(pre_distribution, old_pre_distribution, pre.masks)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite PPO loss ({loss.item()}); update skipped")
+                pre_kl = self._mean_kl(pre_distribution, old_pre_distribution, pre.masks, total_tasks)
+                loss = loss + config.ppo_kl_coeff * pre_kl
+            # the whole meta-batch's loss decides, so that every process skips together
+            (total_loss,) = self.workers.sum_floats([loss])
+            if not math.isfinite(total_loss):
+                raise FloatingPointError(f"non-finite PPO loss ({total_loss}); update skipped")
             self.optimizer.zero_grad()
             loss.backward()
+            self.workers.sum_gradients(self.optimizer_parameters())
             self.optimizer.step()
         with torch.no_grad():
             clip_fraction = _masked_mean_per_task(((ratio - 1.0).abs() > config.ppo_clip).float(), batch.post.masks)
-            kl = self._mean_kl(distribution, old_distribution, batch.post.masks)
+            kl = self._mean_kl(distribution, old_distribution, batch.post.masks, total_tasks)
+        total_kl, total_clip_fraction = self.workers.sum_floats([kl, clip_fraction.sum() / total_tasks])
         return {
-            "losses/ppo_loss": loss.item(),
-            "losses/kl": kl.item(),
-            "losses/clip_fraction": clip_fraction.mean().item(),
+            "losses/ppo_loss": total_loss,
+            "losses/kl": total_kl,
+            "losses/clip_fraction": total_clip_fraction,
             "time/outer_update_s": time.perf_counter() - start,
         }
+
+    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
+        """What the PPO outer loop updates: the policy and, with Meta-SGD, the learned step sizes."""
+        parameters = list(self.policy.parameters())
+        if self.learned_step_sizes is not None:
+            parameters += list(self.learned_step_sizes.parameters())
+        return parameters
 
     def _trpo_update(self, batch: MetaBatch) -> dict[str, float]:
         """One TRPO step on the meta-parameters; restores them if the line search finds no acceptable step."""
@@ -298,22 +338,27 @@ class MAML:
 
         # surrogate gradient, differentiating through the inner loop
         start = time.perf_counter()
-        num_tasks = batch.post.observations.shape[0]
+        num_tasks, total_tasks = batch.shard.size, batch.shard.total
         adapted, steps = self._adapt_with_steps(theta, batch.inner, second_order, num_tasks)
         old_distribution = self.policy.distribution(batch.post.observations, _detach(adapted))
         old_log_probs = old_distribution.log_prob(batch.post.actions).detach()
         old_distribution = _detach_distribution(old_distribution)
-        loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution)
+        loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution, total_tasks)
+        # this process's share of the loss and gradient, summed over processes into the meta-batch's
         gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
-        if not (torch.isfinite(loss) and torch.isfinite(gradient).all()):
-            raise FloatingPointError(f"non-finite surrogate loss ({loss.item()}) or meta-gradient; update skipped")
+        gradient = self.workers.sum(gradient)
+        (loss_value,) = self.workers.sum_floats([loss])
+        if not (math.isfinite(loss_value) and torch.isfinite(gradient).all()):
+            raise FloatingPointError(f"non-finite surrogate loss ({loss_value}) or meta-gradient; update skipped")
         timings["time/inner_and_gradient_s"] = time.perf_counter() - start
 
         # natural gradient by conjugate gradient on the KL's Hessian Jᵀ F J, then a line search on the true
         # surrogate and KL that re-adapts at every candidate
         start = time.perf_counter()
         curvature_steps, curvature_post = self._curvature_data(adapted, steps, batch, second_order)
-        hessian_vector_product = self._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post)
+        hessian_vector_product = self._kl_hessian_vector_product(
+            theta, adapted, curvature_steps, curvature_post, total_tasks
+        )
         curvature_setup_seconds = time.perf_counter() - start
 
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
@@ -324,17 +369,18 @@ class MAML:
                 candidate_adapted = _detach(self.adapt(candidate_params, batch.inner, False, num_tasks))
             with torch.no_grad():
                 candidate_loss, candidate_kl = self.surrogate(
-                    candidate_adapted, batch.post, old_log_probs, old_distribution
+                    candidate_adapted, batch.post, old_log_probs, old_distribution, total_tasks
                 )
-            return candidate_loss.item(), candidate_kl.item()
+            total_loss, total_kl = self.workers.sum_floats([candidate_loss, candidate_kl])
+            return total_loss, total_kl
 
         result, step_timings = self.apply_trpo_step(
-            theta, gradient, hessian_vector_product, loss_and_kl, loss.item(), curvature_setup_seconds
+            theta, gradient, hessian_vector_product, loss_and_kl, loss_value, curvature_setup_seconds
         )
         timings.update({f"time/{phase}": seconds for phase, seconds in step_timings.items()})
         return {
-            "losses/surrogate_before": loss.item(),
-            "losses/surrogate_after": result.loss if result.accepted else loss.item(),
+            "losses/surrogate_before": loss_value,
+            "losses/surrogate_after": result.loss if result.accepted else loss_value,
             "losses/kl": result.kl if result.accepted else 0.0,
             "losses/line_search_accepted": float(result.accepted),
             "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
@@ -403,8 +449,11 @@ class MAML:
         adapted: Params,
         steps: Sequence[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]],
         post: PolicyGradientData,
+        total_tasks: int | None = None,
     ) -> Any:
-        """v ↦ (Jᵀ F J + damping) v at the current meta-parameters (see the module docstring).
+        """v ↦ (Jᵀ F J + damping) v at the current meta-parameters (see the module docstring), for the mean KL over
+        the ``total_tasks`` tasks of the meta-batch: each process's tasks contribute their terms and the products
+        are summed over processes.
 
         The adaptation is θ'_K = θ'_{K-1} - α_K ∇L_K(θ'_{K-1}), so J = (I - α_K H_K) ⋯ (I - α_1 H_1) with H_k the
         inner-loss Hessian of step k (per task, symmetric): J v applies the factors in order, Jᵀ u in reverse,
@@ -413,8 +462,9 @@ class MAML:
         over tasks.
         """
         num_tasks = post.observations.shape[0]
-        # the mean KL's weights: each task's real steps average, then the tasks do
-        weights = post.masks / post.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (post.masks.dim() - 1)) / num_tasks
+        # the mean KL's weights: each task's real steps average, then the meta-batch's tasks do
+        task_steps = post.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (post.masks.dim() - 1))
+        weights = post.masks / task_steps / (total_tasks or num_tasks)
         fisher_product = self.policy.fisher_product(post.observations, adapted, weights)
         names = list(adapted)
         damping = self.config.cg_damping
@@ -434,7 +484,7 @@ class MAML:
             cotangent = [fisher_tangent[name] for name in names]
             for step in reversed(steps):
                 cotangent = apply_factor(step, cotangent)
-            return flatten_tensors([c.sum(dim=0) for c in cotangent]) + damping * vector
+            return self.workers.sum(flatten_tensors([c.sum(dim=0) for c in cotangent])) + damping * vector
 
         return product
 
@@ -457,7 +507,9 @@ class MAML:
         """Each task's mean episode return (and success rate) before adaptation and after each of
         ``num_points - 1`` policy-gradient steps (the evaluation step sizes)."""
         batch = self.sample(tasks, rng, num_points - 1, evaluation=True)
-        return AdaptationCurve.from_tensors(batch.task_returns, batch.task_successes)
+        gather = functools.partial(self.workers.gather, shard=batch.shard)
+        successes = None if batch.task_successes is None else [gather(s) for s in batch.task_successes]
+        return AdaptationCurve.from_tensors([gather(r) for r in batch.task_returns], successes)
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the return after the trained number of steps."""

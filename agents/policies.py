@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from metarl.distributed import TaskShard, sample_actions
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
 """Hidden-layer activations by name."""
 
@@ -199,18 +201,21 @@ class _MLPPolicy(nn.Module):
         observations: torch.Tensor,
         params: Mapping[str, torch.Tensor] | None = None,
         deterministic: bool = False,
+        shard: TaskShard | None = None,
     ) -> torch.Tensor:
         """Actions for ``observations``, sampled with torch's global RNG (the mode if ``deterministic``).
 
         This is a :class:`metarl.rollout.RolloutPolicy`: pass ``policy.act`` to ``collect_episodes`` with the
-        per-task params (or ``functools.partial(policy.act, deterministic=True)`` for greedy rollouts).
+        per-task params (or ``functools.partial(policy.act, deterministic=True)`` for greedy rollouts). With a
+        ``shard``, the observations are that block of a larger meta-batch, and the noise is drawn for the whole
+        meta-batch (:func:`metarl.distributed.sample_actions`).
 
         Returns:
             ``[*observations.shape[:-1], *action_shape]``: float Gaussian actions (not clipped, the envs clip) or
             int64 discrete ones.
         """
         distribution = self.distribution(observations, params)
-        return self._mode(distribution) if deterministic else distribution.sample()
+        return self._mode(distribution) if deterministic else sample_actions(distribution, shard)
 
 
 class GaussianMLPPolicy(_MLPPolicy):

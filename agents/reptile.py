@@ -25,7 +25,8 @@ class Reptile(MAML):
         with torch.no_grad():
             distance = 0.0
             for name, parameter in self.policy.named_parameters():
-                difference = batch.adapted[name].mean(dim=0) - parameter
+                # the mean over the whole meta-batch: each process sums its tasks
+                difference = self.workers.sum(batch.adapted[name].sum(dim=0)) / batch.shard.total - parameter
                 parameter.add_(step_size * difference)
                 distance += float(difference.pow(2).sum())
         return {"losses/adaptation_distance": distance**0.5, "time/outer_update_s": time.perf_counter() - start}

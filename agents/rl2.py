@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.advantages import gae
 from metarl.config import TrainConfig
+from metarl.distributed import TaskShard, Workers, sample_actions
 from metarl.evaluate import AdaptationCurve
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialBatch, TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
@@ -126,10 +128,11 @@ class ReturnNormalizer(nn.Module):
         self.register_buffer("mean_of_squares", torch.zeros(()))
         self.register_buffer("debias", torch.zeros(()))
 
-    def update(self, targets: torch.Tensor, masks: torch.Tensor) -> None:
-        weight = masks.sum()
-        batch_mean = (targets * masks).sum() / weight
-        batch_mean_of_squares = (targets.square() * masks).sum() / weight
+    def update(self, targets: torch.Tensor, masks: torch.Tensor, workers: Workers | None = None) -> None:
+        """Fold in the real steps' ``targets``; with ``workers``, those of every process's block of the batch."""
+        sums = torch.stack([masks.sum(), (targets * masks).sum(), (targets.square() * masks).sum()])
+        weight, batch_mean, batch_mean_of_squares = (workers or Workers()).sum(sums)
+        batch_mean, batch_mean_of_squares = batch_mean / weight, batch_mean_of_squares / weight
         self.mean.mul_(self.decay).add_((1 - self.decay) * batch_mean)
         self.mean_of_squares.mul_(self.decay).add_((1 - self.decay) * batch_mean_of_squares)
         self.debias.mul_(self.decay).add_(1 - self.decay)
@@ -157,7 +160,8 @@ class RL2:
     Config fields used: ``trial_episodes`` (n), ``rl2_hidden_size``, ``rl2_shared_critic``, ``rl2_bptt_steps``,
     ``gamma``, ``gae_lambda``, ``ppo_epochs``, ``ppo_minibatches``, ``ppo_clip``, ``ppo_learning_rate``,
     ``ppo_entropy_coeff``, ``ppo_value_coeff``, ``max_grad_norm``; ``meta_batch_size`` is the number of trials
-    (one per task) per meta-iteration.
+    (one per task) per meta-iteration. With several ``workers`` each process plays its block of the trials and the
+    PPO gradients, advantage moments and return moments are summed over processes (:mod:`metarl.distributed`).
 
     References:
         Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
@@ -166,10 +170,13 @@ class RL2:
     curve_label = "episode"
     """Evaluation curves are the mean return of each episode of the trial."""
 
-    def __init__(self, family: TaskFamily, config: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self, family: TaskFamily, config: TrainConfig, device: torch.device, workers: Workers | None = None
+    ) -> None:
         self.family = family
         self.config = config
         self.device = device
+        self.workers = workers or Workers()
         self.policy = RecurrentActorCritic(
             trial_input_size(family), family.action_space, config.rl2_hidden_size, config.rl2_shared_critic
         ).to(device)
@@ -181,28 +188,34 @@ class RL2:
     def initial_state(self, num_trials: int) -> torch.Tensor:
         return self.policy.initial_state(num_trials)
 
-    def act(self, inputs: TrialInputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def act(
+        self, inputs: TrialInputs, state: torch.Tensor, shard: TaskShard | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Actions of every trial; with a ``shard`` these trials are that block of the meta-batch's and the noise is
+        drawn for the whole meta-batch."""
         vector = trial_input_vector(inputs, self.family.action_space).to(self.device)[:, None]
         action_outputs, values, next_state = self.policy(vector, state)
         distribution = self.policy.distribution(action_outputs[:, 0])
-        actions = distribution.sample()
+        actions = sample_actions(distribution, shard)
         extras = {"log_prob": distribution.log_prob(actions), "value": values[:, 0]}
         if self.config.rl2_bptt_steps:
             extras["state"] = state.movedim(0, 1)  # [N, G, H]: where a truncated-BPTT chunk starts from
         return actions, next_state, extras
 
     def collect(self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int | None = None) -> TrialBatch:
-        """One trial of ``num_episodes`` episodes (default ``trial_episodes``) per task, all in parallel."""
-        num_trials = len(tasks)
-        if num_trials not in self._envs:
-            self._envs[num_trials] = make_trial_envs(self.family, num_trials, device=self.device)
-        seed = int(rng.integers(2**31 - num_trials))
+        """One trial of ``num_episodes`` episodes (default ``trial_episodes``) per task, all in parallel: the trials
+        of this process's block of ``tasks`` (all of them with one process), each seeded by its position in
+        ``tasks``."""
+        shard = self.workers.shard(len(tasks))
+        seed = int(rng.integers(2**31 - shard.total)) + shard.start
+        if shard.size not in self._envs:
+            self._envs[shard.size] = make_trial_envs(self.family, shard.size, device=self.device)
         return collect_trials(
-            self._envs[num_trials],
+            self._envs[shard.size],
             self.family,
-            tasks,
+            shard.select(tasks),
             self.config.trial_episodes if num_episodes is None else num_episodes,
-            self,
+            _ShardActor(self, shard),
             seed=seed,
             device=self.device,
         )
@@ -213,11 +226,13 @@ class RL2:
         self.policy.eval()
         batch = self.collect(tasks, rng)
         sampled = time.perf_counter()
-        metrics = self.update(batch)
-        episode_returns = batch.episode_returns.mean(dim=0)
-        metrics["meta/trial_return"] = float(batch.trial_returns.mean())
-        metrics["meta/return_first_episode"] = float(episode_returns[0])
-        metrics["meta/return_last_episode"] = float(episode_returns[-1])
+        metrics = self.update(batch, len(tasks))
+        trial_return, first_episode, last_episode = self.workers.sum_floats(
+            [batch.trial_returns.sum(), batch.episode_returns[:, 0].sum(), batch.episode_returns[:, -1].sum()]
+        )
+        metrics["meta/trial_return"] = trial_return / len(tasks)
+        metrics["meta/return_first_episode"] = first_episode / len(tasks)
+        metrics["meta/return_last_episode"] = last_episode / len(tasks)
         metrics["time/sample_s"] = sampled - start
         metrics["time/update_s"] = time.perf_counter() - sampled
         return metrics
@@ -236,7 +251,12 @@ class RL2:
     def adaptation_curve(self, tasks: Sequence[Any], rng: np.random.Generator, num_points: int) -> AdaptationCurve:
         """Each task's return (and success) in each episode of one trial of ``num_points`` episodes (the hidden
         state carried across them; more episodes than trained on measure how the agent extrapolates)."""
-        return AdaptationCurve.from_trials(self.evaluate_trials(tasks, rng, num_points))
+        batch = self.evaluate_trials(tasks, rng, num_points)
+        gather = functools.partial(self.workers.gather, shard=self.workers.shard(len(tasks)))
+        successes = batch.episode_successes
+        return AdaptationCurve.from_tensors(
+            gather(batch.episode_returns).T, None if successes is None else gather(successes).T
+        )
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation score that picks the kept parameters: the mean total reward of a trial."""
@@ -256,26 +276,43 @@ class RL2:
             self.optimizer.load_state_dict(state["optimizer"])
 
     # -- PPO ------------------------------------------------------------------------------------------------------
-    def update(self, batch: TrialBatch) -> dict[str, float]:
-        """Clipped-PPO epochs over the trials of ``batch``; returns the loss metrics."""
+    def _normalize_advantages(self, advantages: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Advantages standardised over the real steps of the whole meta-batch (every process's trials)."""
+        count, total = self.workers.sum(torch.stack([masks.sum(), (advantages * masks).sum()]))
+        mean = total / count
+        (squares,) = self.workers.sum(((advantages - mean).square() * masks).sum().unsqueeze(0))
+        std = (squares / (count - 1)).sqrt()  # unbiased, as torch.std
+        return (advantages - mean) / (std + 1e-8)
+
+    def update(self, batch: TrialBatch, total_trials: int | None = None) -> dict[str, float]:
+        """Clipped-PPO epochs over the trials of ``batch``; returns the loss metrics.
+
+        ``batch`` holds this process's block of a meta-batch of ``total_trials`` trials (default: all of them). The
+        minibatches are drawn over the whole meta-batch; each process computes its members' share of a minibatch's
+        losses, and the gradients are summed over processes before the step.
+        """
         config = self.config
         masks = batch.masks
         old_log_probs = batch.extras["log_prob"]
+        shard = self.workers.shard(total_trials or masks.shape[0])
 
         # advantages over whole trials: the trial is the episode, it ends (terminally) after its n-th episode
         values = self.return_normalizer.denormalize(batch.extras["value"])
         advantages, value_targets = trial_advantages(batch.rewards, values, masks, config.gamma, config.gae_lambda)
-        self.return_normalizer.update(value_targets, masks)
+        self.return_normalizer.update(value_targets, masks, self.workers)
         normalized_targets = self.return_normalizer.normalize(value_targets)
-        real = masks.bool()
-        advantages = (advantages - advantages[real].mean()) / (advantages[real].std() + 1e-8)
+        advantages = self._normalize_advantages(advantages, masks)
 
         inputs = trial_input_vector(batch.inputs, self.family.action_space)
         sequences = _Sequences(inputs, batch.actions, old_log_probs, advantages, normalized_targets, masks)
         initial_states = None
+        chunks_per_trial = 1
         if config.rl2_bptt_steps:
             sequences, initial_states = sequences.chunked(config.rl2_bptt_steps, batch.extras["state"])
-        num_sequences = sequences.inputs.shape[0]
+            chunks_per_trial = sequences.inputs.shape[0] // shard.size
+        # this process's sequences are the block [first, first + count) of the meta-batch's (trial-major)
+        first, count = shard.start * chunks_per_trial, shard.size * chunks_per_trial
+        num_sequences = shard.total * chunks_per_trial
         num_minibatches = min(config.ppo_minibatches, num_sequences)
 
         self.policy.train()
@@ -284,44 +321,57 @@ class RL2:
         for _ in range(config.ppo_epochs):
             order = torch.randperm(num_sequences, device=self.device)
             for minibatch in order.tensor_split(num_minibatches):
-                part = sequences.select(minibatch)
+                mine = minibatch[(minibatch >= first) & (minibatch < first + count)] - first
+                part = sequences.select(mine)
+                (weight,) = self.workers.sum_floats([part.masks.sum()])  # real steps in the whole minibatch
                 state = (
-                    self.policy.initial_state(len(minibatch))
+                    self.policy.initial_state(len(mine))
                     if initial_states is None
-                    else initial_states[minibatch].movedim(0, 1).contiguous()
+                    else initial_states[mine].movedim(0, 1).contiguous()
                 )
                 action_outputs, predicted_values, _ = self.policy(part.inputs, state)
                 distribution = self.policy.distribution(action_outputs)
                 log_probs = distribution.log_prob(part.actions)
-                weight = part.masks.sum()
 
+                # this process's share of each loss: sums over its members, divided by the minibatch's real steps
                 ratio = torch.exp(log_probs - part.old_log_probs)
-                policy_loss = clipped_surrogate_loss(ratio, part.advantages, part.masks, config.ppo_clip)
+                policy_loss = clipped_surrogate_loss(ratio, part.advantages, part.masks, config.ppo_clip, weight)
                 # value loss, in the normalised scale
                 value_loss = ((predicted_values - part.value_targets).square() * part.masks).sum() / weight
                 entropy = (distribution.entropy() * part.masks).sum() / weight
                 loss = policy_loss + config.ppo_value_coeff * value_loss - config.ppo_entropy_coeff * entropy
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"RL² PPO loss is {float(loss)}")
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
-                self.optimizer.step()
-
                 with torch.no_grad():
                     log_ratio = log_probs - part.old_log_probs
                     approx_kl = (((ratio - 1) - log_ratio) * part.masks).sum() / weight  # Schulman's k3 estimator
                     clip_fraction = (((ratio - 1).abs() > config.ppo_clip).float() * part.masks).sum() / weight
-                for key, value in (
-                    ("losses/policy", policy_loss),
-                    ("losses/value", value_loss),
-                    ("losses/entropy", entropy),
-                    ("losses/approx_kl", approx_kl),
-                    ("losses/clip_fraction", clip_fraction),
-                    ("losses/grad_norm", grad_norm),
-                ):
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+                minibatch_metrics = dict(
+                    zip(
+                        (
+                            "losses/total",
+                            "losses/policy",
+                            "losses/value",
+                            "losses/entropy",
+                            "losses/approx_kl",
+                            "losses/clip_fraction",
+                        ),
+                        self.workers.sum_floats([loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction]),
+                        strict=True,
+                    )
+                )
+                # the whole minibatch's loss decides, so that every process raises together
+                total_loss = minibatch_metrics.pop("losses/total")
+                if not math.isfinite(total_loss):
+                    raise FloatingPointError(f"RL² PPO loss is {total_loss}")
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.workers.sum_gradients(self.policy.parameters())
+                grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+
+                minibatch_metrics["losses/grad_norm"] = float(grad_norm)
+                for key, value in minibatch_metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
                 updates += 1
         self.policy.eval()
         metrics = {key: value / updates for key, value in totals.items()}
@@ -330,12 +380,13 @@ class RL2:
 
 
 def clipped_surrogate_loss(
-    ratio: torch.Tensor, advantages: torch.Tensor, masks: torch.Tensor, clip: float
+    ratio: torch.Tensor, advantages: torch.Tensor, masks: torch.Tensor, clip: float, weight: float | None = None
 ) -> torch.Tensor:
-    """PPO's policy loss: ``-mean(min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A))`` over the real steps."""
+    """PPO's policy loss: ``-mean(min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A))`` over the real steps
+    (the sum divided by ``weight`` instead when given: a share of a mean over more steps than these)."""
     clipped_ratio = ratio.clamp(1 - clip, 1 + clip)
     surrogate = torch.minimum(ratio * advantages, clipped_ratio * advantages)
-    return -(surrogate * masks).sum() / masks.sum()
+    return -(surrogate * masks).sum() / (masks.sum() if weight is None else weight)
 
 
 def trial_advantages(
@@ -389,3 +440,17 @@ class _Sequences:
 
         chunk_states = states[:, ::chunk_steps].reshape(-1, *states.shape[2:])
         return _Sequences(*(cut(field) for field in self._fields())), chunk_states
+
+
+class _ShardActor:
+    """The agent acting on one block of a meta-batch's trials (a :class:`metarl.trials.TrialPolicy`)."""
+
+    def __init__(self, agent: RL2, shard: TaskShard) -> None:
+        self.agent = agent
+        self.shard = shard
+
+    def initial_state(self, num_trials: int) -> torch.Tensor:
+        return self.agent.initial_state(num_trials)
+
+    def act(self, inputs: TrialInputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        return self.agent.act(inputs, state, self.shard)

@@ -163,6 +163,7 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.config import load_config
+    from metarl.distributed import is_main_process
     from metarl.trainer import train
 
     extend_to = None
@@ -178,6 +179,8 @@ def _train(args: argparse.Namespace) -> int:
     algo_override = [] if args.algo is None else [f"algo={args.algo}"]
     config = None if args.resume is not None else load_config(args.preset, [*algo_override, *args.overrides])
     result = train(config, resume=args.resume, iterations=extend_to)
+    if not is_main_process():
+        return 0  # under torchrun, rank 0 reports
     success = result.test_success
     if result.curve_label == "step":
         print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")

@@ -141,6 +141,9 @@ class TrainConfig:
     """Folder under which run folders ``<family>__<algo>__<seed>__<time>`` are made."""
     progress: bool = True
     """Show a progress line on the terminal."""
+    dist_timeout_s: float = 300.0
+    """Under ``torchrun``: the longest a process waits for the others at a collective (a gradient sum, say) before
+    it ends the job with an error; bounds how long a hung process can stall the rest (docs/distributed.md)."""
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
@@ -257,7 +260,7 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"meta_sgd needs algo maml-ppo (its step sizes are learned by Adam), got algo {config.algo}")
     if config.ppo_epochs < 1:
         raise ValueError(f"ppo_epochs must be >= 1, got {config.ppo_epochs}")
-    for name in ("ppo_clip", "ppo_learning_rate", "reptile_step_size", "max_grad_norm"):
+    for name in ("ppo_clip", "ppo_learning_rate", "reptile_step_size", "max_grad_norm", "dist_timeout_s"):
         value = getattr(config, name)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value}")

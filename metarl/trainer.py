@@ -12,6 +12,10 @@ for MAML, at each episode of a trial for RL²; ``default_num_points()`` of them)
 (``"step"`` or ``"episode"``); ``selection_score(curve)``, the validation number the kept parameters maximise, from
 the mean return at each point; ``state_dict()`` / ``load_state_dict()``; and a ``policy`` module. The validation
 and test evaluations here and ``metarl evaluate`` all use ``adaptation_curve``.
+
+Under ``torchrun`` the same loop runs in every process (:mod:`metarl.distributed`): each draws the same meta-batch,
+the agent samples and adapts its block of it and reduces what the update needs across processes, and only rank 0
+writes the run folder.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +45,14 @@ from metarl.checkpoint import (
 )
 from metarl.config import TrainConfig, config_to_json, load_run_config
 from metarl.device import resolve_device, set_threads
+from metarl.distributed import (
+    DISTRIBUTED_ALGOS,
+    Workers,
+    close_workers,
+    init_workers,
+    is_main_process,
+    local_device,
+)
 from metarl.logging import RunLogger
 from metarl.registry import make_family
 from metarl.seeding import seed_everything
@@ -67,24 +80,24 @@ class RunResult:
     """Success rate on the test tasks at each point, where the family defines success (``info["success"]``)."""
 
 
-def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device) -> Any:
-    """The agent named by ``config.algo``."""
+def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device, workers: Workers | None = None) -> Any:
+    """The agent named by ``config.algo``; ``workers`` for the agents that train across processes."""
     if config.algo in ("maml-trpo", "maml-ppo"):
         from agents.maml import MAML
 
-        return MAML(family, config, device)
+        return MAML(family, config, device, workers)
     if config.algo == "reptile":
         from agents.reptile import Reptile
 
-        return Reptile(family, config, device)
+        return Reptile(family, config, device, workers)
     if config.algo == "rl2":
         from agents.rl2 import RL2
 
-        return RL2(family, config, device)
+        return RL2(family, config, device, workers)
     if config.algo == "pretrain-trpo":
         from agents.pretrain import MultiTaskPretrain
 
-        return MultiTaskPretrain(family, config, device)
+        return MultiTaskPretrain(family, config, device, workers)
     if config.algo == "oracle-ppo":
         from agents.oracle import OraclePPO
 
@@ -114,9 +127,14 @@ def train(
     validation at the old end has drawn from the task sampler).
 
     Everything that can be checked is checked before any work starts: the family id, the policy's support of its
-    action space, the device, an extension that would not extend.
+    action space, the device, an extension that would not extend, an agent or meta-batch that cannot be split over
+    the processes of a ``torchrun`` job.
+
+    Under ``torchrun`` every process calls this; rank 0 creates and writes the run folder (resuming reads it in
+    every process: across machines it must be on a shared filesystem).
     """
     started = time.perf_counter()
+    checkpoint = None
     if iterations is not None and resume is None:
         raise ValueError("iterations= extends a resumed run; start a new run with the iterations config field")
     if resume is not None:
@@ -130,10 +148,11 @@ def train(
                     f"got {iterations!r}"
                 )
             config = dataclasses.replace(config, iterations=iterations)
-            write_text_atomically(run_dir / "config.json", config_to_json(config))
+            if is_main_process():
+                write_text_atomically(run_dir / "config.json", config_to_json(config))
     if config is None:
         raise ValueError("train() needs a config or a run folder to resume")
-    device = resolve_device(config.device)
+    device = local_device(resolve_device(config.device))
     set_threads(config.threads)
     family = make_family(config.family, **config.family_kwargs)
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
@@ -149,21 +168,46 @@ def train(
                 f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test tasks); "
                 "lower it or raise num_tasks"
             )
+    _check_splittable(config)
+    workers = init_workers(device, config.dist_timeout_s)
+    try:
+        return _train(config, family, split, device, workers, checkpoint, run_dir, started)
+    finally:
+        if workers.distributed:
+            close_workers()
+
+
+def _train(
+    config: TrainConfig,
+    family: TaskFamily,
+    split: Any,
+    device: torch.device,
+    workers: Workers,
+    checkpoint: dict[str, Any] | None,
+    run_dir: str | Path | None,
+    started: float,
+) -> RunResult:
+    """The meta-training loop and the final test evaluation of :func:`train` (resuming from ``checkpoint``), in one
+    process of the job."""
+    few_tasks = family.num_distinct_tasks is not None
+    resume = checkpoint is not None
     seed_everything(config.seed)
-    agent = make_agent(config, family, device)  # rejects an action space the policy cannot handle
+    agent = make_agent(config, family, device, workers)  # rejects an action space the policy cannot handle
     task_rng = np.random.default_rng(config.seed)
 
     start_iteration, best_validation = 0, -math.inf
-    if resume is not None:
+    if resume:
         agent.load_state_dict(checkpoint["agent"])
         restore_rng_states(checkpoint["rng"], task_rng)
         start_iteration, best_validation = checkpoint["iteration"], checkpoint["best_validation"]
-        _drop_metrics_after(run_dir / "metrics.jsonl", start_iteration)
-    else:
+        if workers.is_main:
+            _drop_metrics_after(run_dir / "metrics.jsonl", start_iteration)
+    elif workers.is_main:
         run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
         run_dir.mkdir(parents=True, exist_ok=False)
         write_text_atomically(run_dir / "config.json", config_to_json(config))
-    logger = RunLogger(run_dir, resume_after=start_iteration if resume is not None else None)
+    run_dir = Path(workers.broadcast(str(run_dir)))  # the folder rank 0 named (a time stamp)
+    logger = RunLogger(run_dir, resume_after=start_iteration if resume else None) if workers.is_main else None
 
     validation_tasks = _first_tasks(split.validation, config.eval_tasks)
     try:
@@ -179,13 +223,17 @@ def train(
                 metrics.update(_curve_metrics("validation/return", agent.curve_label, curve))
                 if success is not None:
                     metrics.update(_curve_metrics("validation/success", agent.curve_label, success))
-                logger.log_curve(done, "validation", agent.curve_label, curve, success)
+                if logger is not None:
+                    logger.log_curve(done, "validation", agent.curve_label, curve, success)
                 score = agent.selection_score(curve)
                 if score > best_validation:
                     best_validation = score
-                    save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
+                    if workers.is_main:
+                        save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
             # wall time of the whole iteration, validation included; the parts agents time are summed in it
             metrics["time/iteration_s"] = time.perf_counter() - iteration_started
+            if not workers.is_main:
+                continue
             logger.log(done, metrics)
             if config.progress:
                 _print_progress(done, config.iterations, metrics)
@@ -198,13 +246,17 @@ def train(
                 }
                 save_checkpoint(run_dir / LAST_CHECKPOINT, state)
     finally:
-        logger.close()
-    if config.progress:
+        if logger is not None:
+            logger.close()
+    if config.progress and workers.is_main:
         print(file=sys.stderr)
 
-    # final evaluation on held-out test tasks, with the parameters kept by validation
-    if (run_dir / BEST_CHECKPOINT).is_file():
-        agent.load_state_dict(load_checkpoint(run_dir / BEST_CHECKPOINT)["agent"])
+    # final evaluation on held-out test tasks, with the parameters kept by validation (rank 0 reads them)
+    best_path = run_dir / BEST_CHECKPOINT
+    best_state = load_checkpoint(best_path)["agent"] if workers.is_main and best_path.is_file() else None
+    best_state = workers.broadcast(best_state)
+    if best_state is not None:
+        agent.load_state_dict(best_state)
     test_rng = np.random.default_rng([config.seed, 2**20])
     test_curve = agent.adaptation_curve(
         _first_tasks(split.test, config.test_tasks), test_rng, agent.default_num_points()
@@ -219,9 +271,29 @@ def train(
         iterations=config.iterations,
         minutes=(time.perf_counter() - started) / 60,
     )
-    results = {**dataclasses.asdict(result), "run_dir": str(run_dir)}
-    write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2))
+    if workers.is_main:
+        results = {**dataclasses.asdict(result), "run_dir": str(run_dir)}
+        write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2))
     return result
+
+
+def _check_splittable(config: TrainConfig) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): an agent that trains across processes and task counts that give
+    every process at least one task."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return
+    if config.algo not in DISTRIBUTED_ALGOS:
+        raise ValueError(
+            f"algo {config.algo!r} does not train across processes (WORLD_SIZE={world_size}); "
+            f"allowed under torchrun: {', '.join(DISTRIBUTED_ALGOS)}"
+        )
+    for field in ("meta_batch_size", "eval_tasks", "test_tasks"):
+        if getattr(config, field) < world_size:
+            raise ValueError(
+                f"{field} {getattr(config, field)} is less than the {world_size} processes (WORLD_SIZE): every "
+                "process needs at least one task"
+            )
 
 
 def _guarded_train_step(agent: Any, tasks: list[Any], rng: np.random.Generator) -> dict[str, float]:
