@@ -227,9 +227,15 @@ class RL2:
         batch = self.collect(tasks, rng)
         sampled = time.perf_counter()
         metrics = self.update(batch, len(tasks))
-        trial_return, first_episode, last_episode = self.workers.sum_floats(
-            [batch.trial_returns.sum(), batch.episode_returns[:, 0].sum(), batch.episode_returns[:, -1].sum()]
+        trial_return, first_episode, last_episode, env_steps = self.workers.sum_floats(
+            [
+                batch.trial_returns.sum(),
+                batch.episode_returns[:, 0].sum(),
+                batch.episode_returns[:, -1].sum(),
+                batch.masks.sum(),
+            ]
         )
+        metrics["meta/env_steps"] = env_steps  # of the whole meta-batch (throughput = env_steps / time/iteration_s)
         metrics["meta/trial_return"] = trial_return / len(tasks)
         metrics["meta/return_first_episode"] = first_episode / len(tasks)
         metrics["meta/return_last_episode"] = last_episode / len(tasks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from metarl.config import ALGORITHMS
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
+from metarl.distributed import end_worker_process, is_main_process
 from metarl.evaluate import CHECKPOINTS, SPLITS
 from metarl.registry import family_spec, list_families
 from metarl.rollout import collect_episodes
@@ -127,10 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     import envs  # noqa: F401 - registers the suite's families
 
     try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1 and args.command != "train":
+            raise ValueError(
+                f"`metarl {args.command}` runs in one process, but WORLD_SIZE={world_size} (torchrun): only "
+                "`metarl train` runs across processes"
+            )
         if args.command == "families":
             return _families()
         if args.command == "train":
-            return _train(args)
+            status = _train(args)
+            if world_size > 1:
+                end_worker_process(status)
+            return status
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "from-scratch":
@@ -163,7 +174,6 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.config import load_config
-    from metarl.distributed import is_main_process
     from metarl.trainer import train
 
     extend_to = None

@@ -34,6 +34,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,8 @@ DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 DEFAULT_OUT = Path("benchmarks/env_steps.json")
 DEFAULT_MUJOCO_OUT = Path("benchmarks/mujoco_env_steps.json")
 DEFAULT_METAWORLD_OUT = Path("benchmarks/metaworld_env_steps.json")
+DEFAULT_DISTRIBUTED_OUT = Path("benchmarks/distributed.json")
+DISTRIBUTED_PRESETS = ("navigation2d-maml-trpo", "rl2-bandit-k5-n10")
 METAWORLD_ENV = "reach-v3"
 METAWORLD_NUM_ENVS = (1, 10)
 
@@ -382,6 +385,33 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_METAWORLD_OUT})",
     )
     parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="instead of env steps, seconds per meta-iteration of `metarl train` on 1 and on 2 processes (torchrun, "
+        f"gloo) for the presets {', '.join(DISTRIBUTED_PRESETS)} (default --out {DEFAULT_DISTRIBUTED_OUT})",
+    )
+    parser.add_argument(
+        "--processes",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        metavar="N",
+        help="with --distributed: the numbers of processes compared (default: 1 2)",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"],
+        help="with --distributed: the devices compared (default: cpu; scripts/gpu_check.sh compares cpu and cuda)",
+    )
+    parser.add_argument(
+        "--distributed-iterations",
+        type=int,
+        default=6,
+        help="with --distributed: meta-iterations per run; the first and the last (which validates) are not timed",
+    )
+    parser.add_argument(
         "--mujoco",
         action="store_true",
         help="instead of the light families, the MuJoCo batched env (1 thread and all CPUs) vs Gymnasium's "
@@ -451,6 +481,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return benchmark_mujoco(args, argv)
     if args.metaworld:
         return benchmark_metaworld(args, argv)
+    if args.distributed:
+        if any(n < 1 for n in args.processes) or args.distributed_iterations < 3:
+            parser.error(
+                f"--processes must be positive integers and --distributed-iterations >= 3, got {args.processes} and "
+                f"{args.distributed_iterations}"
+            )
+        if "cuda" in args.devices and not torch.cuda.is_available():
+            parser.error("--devices cuda, but torch.cuda.is_available() is False on this machine")
+        return benchmark_distributed(args, argv)
     try:
         config = build_config(args)
     except ValueError as error:
@@ -680,6 +719,94 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
     write_json_atomic(out, data)
     print(f"wrote {out}")
     return data
+
+
+# -- meta-iterations over processes ------------------------------------------------------------------------------
+def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Seconds per meta-iteration of ``metarl train`` for each device in ``--devices`` and number of processes in
+    ``--processes``.
+
+    Every run is a real training job (``torchrun --standalone`` for more than one process: gloo on the CPU, NCCL on
+    GPUs; one torch thread per process) of a preset for ``--distributed-iterations`` iterations with a small
+    validation and test set; the time is the median of the trainer's ``time/iteration_s`` over the iterations
+    between the first (warm-up) and the last (it validates). RL² runs also report env steps per second. ``--repeats``
+    runs per setting are interleaved across the settings, and each speed-up is the ratio of the medians over all
+    timed iterations against the first setting (first device, first number of processes).
+    """
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 2
+    iterations = 3 if args.quick else args.distributed_iterations
+    presets = DISTRIBUTED_PRESETS
+    quick = {"maml": ["meta_batch_size=4", "episodes_per_task=4"], "rl2": ["meta_batch_size=16", "ppo_epochs=1"]}
+    common = ["eval_tasks=4", "test_tasks=4", "eval_steps=1", "progress=false", f"seed={args.seed}"]
+    settings = [(device, processes) for device in args.devices for processes in args.processes]
+    data: dict[str, Any] = {
+        "machine": machine_info(torch.device("cuda" if "cuda" in args.devices else "cpu")),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {
+            "presets": list(presets),
+            "devices": args.devices,
+            "processes": args.processes,
+            "iterations": iterations,
+            "repeats": repeats,
+            "overrides": common,
+            "quick_overrides": quick if args.quick else {},
+        },
+        "results": [],
+    }
+    timings: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="metarl-distributed-") as scratch:
+        for repeat in range(repeats):
+            for preset in presets:
+                for device, processes in settings:
+                    run_root = Path(scratch) / f"{preset}-{device}-{processes}-{repeat}"
+                    smaller = quick["rl2" if preset.startswith("rl2") else "maml"] if args.quick else []
+                    overrides = [*smaller, *common, f"iterations={iterations}", f"device={device}"]
+                    records = _timed_training_run(preset, overrides, processes, run_root)
+                    timings.setdefault((preset, device, processes), []).extend(records)
+    print(f"median seconds per meta-iteration ({repeats} run(s) x {iterations - 2} timed iteration(s) each)")
+    for preset in presets:
+        baseline = statistics.median(r["time/iteration_s"] for r in timings[(preset, *settings[0])])
+        for device, processes in settings:
+            records = timings[(preset, device, processes)]
+            median = statistics.median(r["time/iteration_s"] for r in records)
+            record = {
+                "preset": preset,
+                "device": device,
+                "processes": processes,
+                "median_iteration_s": median,
+                "iteration_s": [r["time/iteration_s"] for r in records],
+                "speedup": baseline / median,
+            }
+            steps = ""
+            if all("meta/env_steps" in r for r in records):
+                record["env_steps_per_s"] = statistics.median(
+                    r["meta/env_steps"] / r["time/iteration_s"] for r in records
+                )
+                steps = f"  {format_rate(record['env_steps_per_s'])} env steps/s"
+            data["results"].append(record)
+            print(
+                f"{preset:24s} {device:4s} x{processes}: {median:7.3f} s  ({baseline / median:.2f}x){steps}", flush=True
+            )
+    out = args.out or DEFAULT_DISTRIBUTED_OUT
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data
+
+
+def _timed_training_run(preset: str, overrides: list[str], processes: int, run_root: Path) -> list[dict[str, float]]:
+    """Train ``preset`` on ``processes`` processes; the logged metrics of the iterations between the first and the
+    last."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [*launcher, "-m", "metarl", "train", "--preset", preset, *overrides, f"run_root={run_root}"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{finished.stdout}\n{finished.stderr}")
+    (run_dir,) = run_root.iterdir()
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:-1]
 
 
 # -- MuJoCo batched env -------------------------------------------------------------------------------------------

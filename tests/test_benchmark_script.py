@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from conftest import load_script
 
 
@@ -69,3 +72,28 @@ def test_quick_mujoco_benchmark_compares_batched_sync_async_and_bare(tmp_path: P
     assert all(record["median_steps_per_second"] > 0 for record in data["results"])
     for ratio in data["ratios"]:
         assert ratio["batched_over_sync"] > 0 and ratio["physics_per_thread_over_bare"] > 0
+
+
+def test_quick_distributed_benchmark_times_training_on_one_and_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "distributed.json"
+    data = load_script("benchmark").main(["--distributed", "--quick", "--out", str(out)])
+    assert data == json.loads(out.read_text())
+    settings = {(record["preset"], record["device"], record["processes"]) for record in data["results"]}
+    assert settings == {
+        (preset, "cpu", processes) for preset in ("navigation2d-maml-trpo", "rl2-bandit-k5-n10") for processes in (1, 2)
+    }
+    for record in data["results"]:
+        assert record["median_iteration_s"] > 0 and len(record["iteration_s"]) == 1  # 3 iterations, 1 timed
+        assert record["speedup"] > 0
+        assert ("env_steps_per_s" in record) == record["preset"].startswith("rl2")
+    rl2 = next(record for record in data["results"] if record["preset"].startswith("rl2"))
+    assert rl2["env_steps_per_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, scripts/gpu_check.sh runs the real check")
+def test_the_gpu_check_says_when_there_is_no_gpu() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    environment = {**os.environ, "PYTHON": sys.executable}
+    finished = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, env=environment)
+    assert finished.returncode == 2
+    assert "torch sees no CUDA device on this machine" in finished.stderr

@@ -69,6 +69,7 @@ def assert_same_parameters(run_a: Path, run_b: Path) -> None:
     assert policy_a.keys() == policy_b.keys()
     difference = max(float((policy_a[name] - policy_b[name]).abs().max()) for name in policy_a)
     assert difference < PARAMETER_TOLERANCE, f"parameters differ by {difference}"
+    print(f"largest parameter difference between the runs: {difference:.2e}")
     moved = max(float(policy_a[name].abs().max()) for name in policy_a)
     assert moved > 0.01  # a trained policy, not two zero tensors
 
@@ -191,15 +192,22 @@ def test_maml_trpo_on_two_processes_matches_one_process_and_resumes_under_torchr
 
 
 @pytest.mark.slow
-def test_rl2_on_two_uneven_processes_matches_one_process(tmp_path):
-    single = train(config_from_dict({**RL2_CONFIG, "run_root": str(tmp_path / "one")}))
-    run_torchrun(overrides({**RL2_CONFIG, "run_root": str(tmp_path / "two")}))
-    run_dir = only_run_dir(tmp_path / "two")
+@pytest.mark.parametrize(
+    "config",
+    [
+        RL2_CONFIG,
+        {**TRPO_CONFIG, "algo": "maml-ppo", "ppo_kl_coeff": 0.1},  # ProMP's penalty on the pre-adaptation policy
+        {**TRPO_CONFIG, "algo": "reptile"},
+    ],
+    ids=["rl2", "maml-ppo", "reptile"],
+)
+def test_two_uneven_processes_match_one_process(tmp_path, config):
+    single = train(config_from_dict({**config, "run_root": str(tmp_path / "one")}))
+    run_torchrun(overrides({**config, "run_root": str(tmp_path / "two")}))
+    run_dir = only_run_dir(tmp_path / "two")  # only rank 0 wrote: one run folder
     assert_same_parameters(single.run_dir, run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     np.testing.assert_allclose(results["test_returns"], single.test_returns, rtol=0, atol=1e-3)
-    # only rank 0 wrote: one run folder
-    assert len(list((tmp_path / "two").iterdir())) == 1
 
 
 # -- a process that dies or hangs ends the job ------------------------------------------------------------------------
@@ -256,3 +264,33 @@ def test_a_hung_process_ends_the_job_after_the_timeout(tmp_path):
     assert returncode != 0
     assert "did not complete within 5.0 s (dist_timeout_s): another process has died or hangs" in output, output
     print(f"the job ended {seconds:.1f} s after rank 1 stopped")
+
+
+# -- the GPU path (runs where torch sees a CUDA device) ----------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("config", [TRPO_CONFIG, RL2_CONFIG], ids=["maml-trpo", "rl2"])
+def test_training_on_cuda_keeps_the_policy_and_the_native_envs_on_the_gpu(tmp_path, config):
+    from metarl.registry import make_family
+    from metarl.trainer import make_agent
+
+    cuda_config = config_from_dict({**config, "device": "cuda", "run_root": str(tmp_path)})
+    result = train(cuda_config)
+    assert np.isfinite(result.test_returns).all()
+    family = make_family(cuda_config.family, **cuda_config.family_kwargs)
+    agent = make_agent(cuda_config, family, torch.device("cuda"))
+    agent.load_state_dict(load_checkpoint(result.run_dir / LAST_CHECKPOINT)["agent"])
+    assert all(parameter.device.type == "cuda" for parameter in agent.policy.parameters())
+    tasks = family.sample_tasks(np.random.default_rng(0), 4)
+    curve = agent.adaptation_curve(tasks, np.random.default_rng(0), agent.default_num_points())
+    assert np.isfinite(curve.returns).all()
+    native_envs = list(agent._envs.values())  # the batched envs the evaluation above stepped
+    assert native_envs and all(env.device.type == "cuda" for env in native_envs)
+
+
+def test_only_training_runs_across_processes(monkeypatch, capsys):
+    from metarl.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        main(["families"])
+    assert "`metarl families` runs in one process, but WORLD_SIZE=2 (torchrun)" in capsys.readouterr().err
