@@ -312,6 +312,22 @@ def table_row(records: Sequence[dict[str, Any]], ratio: dict[str, Any]) -> str:
     )
 
 
+def run_header(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
+    """What every results file starts with: the machine, the command that made it and when."""
+    return {
+        "machine": machine_info(device),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_results(data: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write a mode's results to ``out`` atomically, say where, and return them."""
+    write_json_atomic(out, data)
+    print(f"wrote {out}")
+    return data
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -499,9 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
     try:
         data: dict[str, Any] = {
-            "machine": machine_info(config.device),
-            "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **run_header(config.device, argv),
             "settings": {
                 "families": list(config.families),
                 "num_envs": list(config.num_envs),
@@ -553,9 +567,7 @@ def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
     family = make_family(config.family)
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
     data: dict[str, Any] = {
-        "machine": machine_info(torch.device("cpu")),
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(torch.device("cpu"), argv),
         "settings": {"preset": "navigation2d-maml-trpo", "overrides": overrides, "iterations": args.maml_iterations},
         "results": {},
     }
@@ -577,9 +589,7 @@ def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
     data["speedup_total"] = per_task["total_s"] / batched["total_s"]
     print(f"batched is {data['speedup_total']:.1f}x faster per meta-iteration")
     out = args.out or DEFAULT_MAML_OUT
-    write_json_atomic(out, data)
-    print(f"wrote {out}")
-    return data
+    return save_results(data, out)
 
 
 def _batched_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
@@ -667,9 +677,7 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
     overrides = ["meta_batch_size=16", "ppo_epochs=1"] if args.quick else []
     networks = RL2_NETWORKS[2:] if args.quick else RL2_NETWORKS
     data: dict[str, Any] = {
-        "machine": machine_info(device),
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(device, argv),
         "settings": {"presets": list(RL2_PRESETS), "overrides": overrides, "repeats": repeats},
         "results": [],
     }
@@ -716,9 +724,7 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
                 flush=True,
             )
     out = args.out or DEFAULT_RL2_OUT
-    write_json_atomic(out, data)
-    print(f"wrote {out}")
-    return data
+    return save_results(data, out)
 
 
 # -- meta-iterations over processes ------------------------------------------------------------------------------
@@ -740,9 +746,7 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
     common = ["eval_tasks=4", "test_tasks=4", "eval_steps=1", "progress=false", f"seed={args.seed}"]
     settings = [(device, processes) for device in args.devices for processes in args.processes]
     data: dict[str, Any] = {
-        "machine": machine_info(torch.device("cuda" if "cuda" in args.devices else "cpu")),
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(torch.device("cuda" if "cuda" in args.devices else "cpu"), argv),
         "settings": {
             "presets": list(presets),
             "devices": args.devices,
@@ -789,9 +793,7 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
                 f"{preset:24s} {device:4s} x{processes}: {median:7.3f} s  ({baseline / median:.2f}x){steps}", flush=True
             )
     out = args.out or DEFAULT_DISTRIBUTED_OUT
-    write_json_atomic(out, data)
-    print(f"wrote {out}")
-    return data
+    return save_results(data, out)
 
 
 def _timed_training_run(preset: str, overrides: list[str], processes: int, run_root: Path) -> list[dict[str, float]]:
@@ -890,9 +892,7 @@ def benchmark_mujoco(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
     threads = len(os.sched_getaffinity(0))
     budget = QUICK_BUDGET if args.quick else dataclasses.replace(DEFAULT_BUDGET, target_seconds=args.target_seconds)
     data: dict[str, Any] = {
-        "machine": machine_info(torch.device("cpu")),
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(torch.device("cpu"), argv),
         "settings": {"families": families, "num_envs": num_envs_list, "repeats": repeats, "threads": threads},
         "results": [],
         "ratios": [],
@@ -943,9 +943,7 @@ def benchmark_mujoco(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
                 flush=True,
             )
     out = args.out or DEFAULT_MUJOCO_OUT
-    write_json_atomic(out, data)
-    print(f"wrote {out}")
-    return data
+    return save_results(data, out)
 
 
 # -- the Meta-World adapter -----------------------------------------------------------------------------------------
@@ -989,9 +987,7 @@ def benchmark_metaworld(args: argparse.Namespace, argv: Sequence[str]) -> dict[s
     num_envs_list = args.num_envs or ([1] if args.quick else list(METAWORLD_NUM_ENVS))
     budget = QUICK_BUDGET if args.quick else dataclasses.replace(DEFAULT_BUDGET, target_seconds=args.target_seconds)
     data: dict[str, Any] = {
-        "machine": machine_info(torch.device("cpu")),
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_header(torch.device("cpu"), argv),
         "settings": {"env_name": METAWORLD_ENV, "num_envs": num_envs_list, "repeats": repeats},
         "results": [],
         "ratios": [],
@@ -1019,9 +1015,7 @@ def benchmark_metaworld(args: argparse.Namespace, argv: Sequence[str]) -> dict[s
             flush=True,
         )
     out = args.out or DEFAULT_METAWORLD_OUT
-    write_json_atomic(out, data)
-    print(f"wrote {out}")
-    return data
+    return save_results(data, out)
 
 
 if __name__ == "__main__":
