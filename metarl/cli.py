@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from metarl.config import ALGORITHMS
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
-from metarl.distributed import end_worker_process, is_main_process
+from metarl.distributed import end_worker_process, is_main_process, launched_world_size
 from metarl.evaluate import CHECKPOINTS, SPLITS
 from metarl.registry import family_spec, list_families
 from metarl.rollout import collect_episodes
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import envs  # noqa: F401 - registers the suite's families
 
     try:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = launched_world_size()
         if world_size > 1 and args.command != "train":
             raise ValueError(
                 f"`metarl {args.command}` runs in one process, but WORLD_SIZE={world_size} (torchrun): only "

@@ -156,7 +156,7 @@ def init_workers(device: torch.device, timeout_s: float) -> Workers:
     whose peer hangs raises after it instead of waiting forever. Without ``torchrun`` (no ``WORLD_SIZE``) this is
     the single-process ``Workers()``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size == 1:
         return Workers()
     if not dist.is_available():
@@ -191,6 +191,11 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def launched_world_size() -> int:
+    """How many processes ``torchrun`` started for this job (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:

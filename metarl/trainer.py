@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from metarl.distributed import (
     close_workers,
     init_workers,
     is_main_process,
+    launched_world_size,
     local_device,
 )
 from metarl.logging import RunLogger
@@ -280,7 +280,7 @@ def _train(
 def _check_splittable(config: TrainConfig) -> None:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): an agent that trains across processes and task counts that give
     every process at least one task."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size == 1:
         return
     if config.algo not in DISTRIBUTED_ALGOS:
