@@ -12,12 +12,15 @@ All tasks adapt at once: the meta-parameters are expanded to a leading task dime
 computes every task's inner gradient (``batch_params``); ``adapt_per_task`` is the per-task loop kept as the
 reference the tests compare against.
 
-The curvature TRPO needs is the Hessian of the mean KL between the old and the new *adapted* policies. At the
-current point it equals Jᵀ F J, with J = ∂θ'/∂θ the Jacobian of the adaptation and F the Fisher matrix at the
-adapted parameters (the KL's gradient vanishes there), so a Hessian-vector product is one Jacobian-vector product,
-one Fisher-vector product and one vector-Jacobian product: second derivatives of the inner loss only, never third.
-The Fisher-vector product is the closed form of the policy (``fisher_product``: one forward-mode and one reverse
-pass through the MLP), not a double backward through the KL.
+TRPO never builds a graph through the inner loop. The adaptation θ'_K = θ'_{K-1} - α_K ∇L_K(θ'_{K-1}) has the
+Jacobian J = ∂θ'/∂θ = (I - α_K H_K) ⋯ (I - α_1 H_1), H_k the inner loss's Hessian at step k's parameters, so the
+meta-gradient is Jᵀ g (g the surrogate's gradient at the adapted parameters) and the curvature TRPO needs, the
+Hessian of the mean KL between the old and the new *adapted* policies, equals Jᵀ F J at the current point (F the
+Fisher matrix at the adapted parameters: the KL's gradient vanishes there, so no third derivatives appear). Every
+product with H_k and F is the policy's written-out R-operator (``log_likelihood_hessian_product``,
+``fisher_product``; :mod:`agents.curvature`): a tangent forward and a tangent backward pass through the MLP, about
+twice as fast as autograd's double backward. PPO differentiates through the inner loop with autograd
+(``adapt(create_graph=True)``).
 
 References:
     Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,6 +47,8 @@ from metarl.rollout import EpisodeBatch, collect_episodes
 from metarl.tasks import TaskFamily
 
 Params = dict[str, torch.Tensor]
+HessianProduct = Callable[[Params], Params]
+"""``v ↦ H v`` for per-task vectors (dicts with a leading task dim)."""
 
 
 class PolicyGradientData(NamedTuple):
@@ -74,6 +79,21 @@ class MetaBatch(NamedTuple):
     shard: TaskShard
     """Which block of the meta-batch this process holds: the tensors above are those tasks' (all of them with one
     process); the losses average over ``shard.total`` tasks."""
+
+
+class MetaGradient(NamedTuple):
+    """TRPO's surrogate at the current meta-parameters (:meth:`MAML.meta_gradient`), this process's share."""
+
+    loss: torch.Tensor
+    gradient: torch.Tensor
+    """Flat, in the order of the policy's parameters."""
+    points: list[Params]
+    """Every task's parameters before each inner step and after the last (:meth:`MAML.adaptation_points`)."""
+    inner_hessians: list[tuple[float, HessianProduct]]
+    """Each inner step's size and inner-loss Hessian product (none in first order)."""
+    old_log_probs: torch.Tensor
+    old_distribution: Any
+    """The post-adaptation policy the surrogate's ratio and KL are taken against."""
 
 
 class MAML:
@@ -182,27 +202,28 @@ class MAML:
         them (second-order MAML); without it the inner gradients are constants (first order). ``num_tasks`` is
         needed only when ``inner`` is empty (no step: the parameters repeated per task).
         """
-        return self._adapt_with_steps(params, inner, create_graph, num_tasks)[0]
-
-    def _adapt_with_steps(
-        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool, num_tasks: int | None = None
-    ) -> tuple[Params, list[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]]]:
-        """:meth:`adapt`, also returning each step's (input parameters, inner gradients, step size).
-
-        With ``create_graph`` the gradients are differentiable in the inputs, so a backward from them with
-        ``grad_outputs=V`` gives every task's inner-loss Hessian times its slice of V at once.
-        """
         # with no steps (the pretraining baseline's objective) the task count comes from the caller
-        num_tasks = inner[0].observations.shape[0] if inner else num_tasks
-        adapted = batch_params(params, num_tasks)
-        steps = []
+        adapted = batch_params(params, inner[0].observations.shape[0] if inner else num_tasks)
         for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
-            inputs = list(adapted.values())
             loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
-            grads = torch.autograd.grad(loss, inputs, create_graph=create_graph)
-            steps.append((inputs, grads, step_size))
+            grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
             adapted = self._inner_update(adapted, grads, step_size)
-        return adapted, steps
+        return adapted
+
+    def _adaptation_step(self, current: Params, data: PolicyGradientData, step_size: float) -> Params:
+        """One inner step of every task from ``current`` (leading task dim), cut from the graph."""
+        with torch.enable_grad():
+            current = {name: value.detach().requires_grad_() for name, value in current.items()}
+            grads = torch.autograd.grad(self.inner_losses(current, data).sum(), list(current.values()))
+            return _detach(self._inner_update(current, grads, step_size))
+
+    def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
+        """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
+        leading task dim, no graph): where the inner losses' Hessians of the meta-gradient are taken."""
+        points = [_detach(batch_params(params, num_tasks))]
+        for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
+            points.append(self._adaptation_step(points[-1], data, step_size))
+        return points
 
     def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
         """The reference implementation of :meth:`adapt`: a Python loop over tasks, one at a time."""
@@ -241,11 +262,9 @@ class MAML:
             if step_size is None:
                 return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted, shard)
             inner.append(data)
-            with torch.enable_grad():
-                current = batch_params(params, len(tasks)) if adapted is None else adapted
-                current = {name: value.detach().requires_grad_() for name, value in current.items()}
-                grads = torch.autograd.grad(self.inner_losses(current, data).sum(), list(current.values()))
-                adapted = _detach(self._inner_update(current, grads, step_size))
+            adapted = self._adaptation_step(
+                batch_params(params, len(tasks)) if adapted is None else adapted, data, step_size
+            )
         raise AssertionError("unreachable")
 
     # -- outer loop ------------------------------------------------------------------------------------------------
@@ -336,18 +355,12 @@ class MAML:
         theta = dict(self.policy.named_parameters())
         timings: dict[str, float] = {}
 
-        # surrogate gradient, differentiating through the inner loop
         start = time.perf_counter()
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
-        adapted, steps = self._adapt_with_steps(theta, batch.inner, second_order, num_tasks)
-        old_distribution = self.policy.distribution(batch.post.observations, _detach(adapted))
-        old_log_probs = old_distribution.log_prob(batch.post.actions).detach()
-        old_distribution = _detach_distribution(old_distribution)
-        loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution, total_tasks)
+        meta = self.meta_gradient(theta, batch, second_order)
         # this process's share of the loss and gradient, summed over processes into the meta-batch's
-        gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
-        gradient = self.workers.sum(gradient)
-        (loss_value,) = self.workers.sum_floats([loss])
+        gradient = self.workers.sum(meta.gradient)
+        (loss_value,) = self.workers.sum_floats([meta.loss])
         if not (math.isfinite(loss_value) and torch.isfinite(gradient).all()):
             raise FloatingPointError(f"non-finite surrogate loss ({loss_value}) or meta-gradient; update skipped")
         timings["time/inner_and_gradient_s"] = time.perf_counter() - start
@@ -355,21 +368,17 @@ class MAML:
         # natural gradient by conjugate gradient on the KL's Hessian Jᵀ F J, then a line search on the true
         # surrogate and KL that re-adapts at every candidate
         start = time.perf_counter()
-        curvature_steps, curvature_post = self._curvature_data(adapted, steps, batch, second_order)
+        curvature_hessians, curvature_post = self._curvature_data(meta.points, meta.inner_hessians, batch)
         hessian_vector_product = self._kl_hessian_vector_product(
-            theta, adapted, curvature_steps, curvature_post, total_tasks
+            theta, meta.points[-1], curvature_hessians, curvature_post, total_tasks
         )
         curvature_setup_seconds = time.perf_counter() - start
 
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
-            candidate_params = {
-                name: value.requires_grad_() for name, value in unflatten_like(candidate, theta).items()
-            }
-            with torch.enable_grad():
-                candidate_adapted = _detach(self.adapt(candidate_params, batch.inner, False, num_tasks))
+            candidate_adapted = self.adaptation_points(unflatten_like(candidate, theta), batch.inner, num_tasks)[-1]
             with torch.no_grad():
                 candidate_loss, candidate_kl = self.surrogate(
-                    candidate_adapted, batch.post, old_log_probs, old_distribution, total_tasks
+                    candidate_adapted, batch.post, meta.old_log_probs, meta.old_distribution, total_tasks
                 )
             total_loss, total_kl = self.workers.sum_floats([candidate_loss, candidate_kl])
             return total_loss, total_kl
@@ -386,6 +395,26 @@ class MAML:
             "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
             **timings,
         }
+
+    def meta_gradient(self, theta: Params, batch: MetaBatch, second_order: bool) -> MetaGradient:
+        """This process's share of TRPO's surrogate loss and of its gradient in the meta-parameters ``theta``.
+
+        The surrogate's gradient at every task's adapted parameters, pulled back through the adaptation: ``Jᵀ g``
+        with ``J = (I - α_K H_K) ⋯ (I - α_1 H_1)`` (second order; the identity in first order), summed over tasks.
+        """
+        num_tasks, total_tasks = batch.shard.size, batch.shard.total
+        points = self.adaptation_points(theta, batch.inner, num_tasks)
+        with torch.no_grad():
+            old_distribution = _detach_distribution(self.policy.distribution(batch.post.observations, points[-1]))
+            old_log_probs = old_distribution.log_prob(batch.post.actions)
+        with torch.enable_grad():
+            adapted = {name: value.clone().requires_grad_() for name, value in points[-1].items()}
+            loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution, total_tasks)
+            adapted_gradient = dict(zip(adapted, torch.autograd.grad(loss, list(adapted.values())), strict=True))
+        inner_hessians = self._inner_hessians(points, batch.inner) if second_order else []
+        task_gradients = _apply_adaptation_jacobian(adapted_gradient, reversed(inner_hessians))
+        gradient = flatten_tensors([value.sum(dim=0) for value in task_gradients.values()])
+        return MetaGradient(loss.detach(), gradient, points, inner_hessians, old_log_probs, old_distribution)
 
     def apply_trpo_step(
         self,
@@ -415,76 +444,76 @@ class MAML:
         timings["conjugate_gradient_s"] += curvature_setup_seconds
         return result, timings
 
-    def _curvature_data(
-        self, adapted: Params, steps: list, batch: MetaBatch, second_order: bool
-    ) -> tuple[list, PolicyGradientData]:
-        """The inner steps and post-adaptation episodes the KL's curvature is computed on.
+    def _inner_hessians(
+        self, points: Sequence[Params], inner: Sequence[PolicyGradientData]
+    ) -> list[tuple[float, HessianProduct]]:
+        """Each inner step's step size and ``v ↦ H v``, ``H`` the Hessian of every task's inner loss at the task's
+        parameters before that step (``points[k]``; a last point after the steps is ignored): the factors ``I - α H``
+        of the adaptation's Jacobian."""
+        hessians = []
+        for step_size, point, data in zip(self.step_sizes(len(inner)), points[: len(inner)], inner, strict=True):
+            # the inner loss -Σ_i A_i m_i log π_i / n_t is a weighted log-likelihood
+            task_steps = data.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (data.masks.dim() - 1))
+            coefficients = -data.advantages * data.masks / task_steps
+            product = self.policy.log_likelihood_hessian_product(data.observations, data.actions, point, coefficients)
+            hessians.append((step_size, product))
+        return hessians
 
-        Exact (``curvature_fraction == 1``): the adaptation's own graph and every episode. Otherwise the first
-        share of each task's episodes: each step's inner gradient is recomputed on those episodes at the same
-        parameters, and the Fisher is taken on the same share of the post-adaptation episodes.
+    def _curvature_data(
+        self, points: Sequence[Params], inner_hessians: list[tuple[float, HessianProduct]], batch: MetaBatch
+    ) -> tuple[list[tuple[float, HessianProduct]], PolicyGradientData]:
+        """The inner-loss Hessians and post-adaptation episodes the KL's curvature is computed on.
+
+        Exact (``curvature_fraction == 1``): the meta-gradient's own Hessians and every episode. Otherwise the first
+        share of each task's episodes: the inner losses' Hessians on those episodes at the same parameters, and the
+        Fisher on the same share of the post-adaptation episodes. First order (no Hessians): only the Fisher.
         """
-        if not second_order:
-            steps = []
         fraction = self.config.curvature_fraction
         if fraction >= 1.0:
-            return steps, batch.post
-        episodes = batch.post.observations.shape[1]
-        keep = max(1, math.ceil(fraction * episodes))
+            return inner_hessians, batch.post
+        keep = max(1, math.ceil(fraction * batch.post.observations.shape[1]))
 
         def subsample(data: PolicyGradientData) -> PolicyGradientData:
             return PolicyGradientData(*(tensor[:, :keep] for tensor in data))
 
-        subsampled_steps = []
-        for (inputs, _, step_size), data in zip(steps, batch.inner, strict=True):
-            leaves = {name: value.detach().requires_grad_() for name, value in zip(adapted, inputs, strict=True)}
-            loss = self.inner_losses(leaves, subsample(data)).sum()
-            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
-            subsampled_steps.append((list(leaves.values()), grads, step_size))
-        return subsampled_steps, subsample(batch.post)
+        if inner_hessians:
+            inner_hessians = self._inner_hessians(points, [subsample(data) for data in batch.inner])
+        return inner_hessians, subsample(batch.post)
 
     def _kl_hessian_vector_product(
         self,
         theta: Params,
         adapted: Params,
-        steps: Sequence[tuple[list[torch.Tensor], tuple[torch.Tensor, ...], float]],
+        inner_hessians: Sequence[tuple[float, HessianProduct]],
         post: PolicyGradientData,
         total_tasks: int | None = None,
-    ) -> Any:
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         """v ↦ (Jᵀ F J + damping) v at the current meta-parameters (see the module docstring), for the mean KL over
         the ``total_tasks`` tasks of the meta-batch: each process's tasks contribute their terms and the products
         are summed over processes.
 
         The adaptation is θ'_K = θ'_{K-1} - α_K ∇L_K(θ'_{K-1}), so J = (I - α_K H_K) ⋯ (I - α_1 H_1) with H_k the
-        inner-loss Hessian of step k (per task, symmetric): J v applies the factors in order, Jᵀ u in reverse,
-        each H_k times a batch of per-task vectors being one backward through step k's gradient graph. With no
-        steps (first order) J is the identity. The task dimension of θ'_0 is an expand of θ, whose adjoint sums
-        over tasks.
+        inner-loss Hessian of step k (per task, symmetric; ``inner_hessians``): J v applies the factors in order,
+        Jᵀ u in reverse. With no Hessians (first order) J is the identity. The task dimension of θ'_0 is a copy of
+        θ per task, whose adjoint sums over tasks.
         """
         num_tasks = post.observations.shape[0]
         # the mean KL's weights: each task's real steps average, then the meta-batch's tasks do
         task_steps = post.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (post.masks.dim() - 1))
         weights = post.masks / task_steps / (total_tasks or num_tasks)
         fisher_product = self.policy.fisher_product(post.observations, adapted, weights)
-        names = list(adapted)
         damping = self.config.cg_damping
 
-        def apply_factor(step: tuple, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-            inputs, grads, step_size = step
-            hessian_vectors = torch.autograd.grad(grads, inputs, grad_outputs=list(vectors), retain_graph=True)
-            return [v - step_size * hv for v, hv in zip(vectors, hessian_vectors, strict=True)]
-
         def product(vector: torch.Tensor) -> torch.Tensor:
-            tangent = [
-                value.unsqueeze(0).expand(num_tasks, *value.shape) for value in unflatten_like(vector, theta).values()
-            ]
-            for step in steps:
-                tangent = apply_factor(step, tangent)
-            fisher_tangent = fisher_product(dict(zip(names, tangent, strict=True)))
-            cotangent = [fisher_tangent[name] for name in names]
-            for step in reversed(steps):
-                cotangent = apply_factor(step, cotangent)
-            return self.workers.sum(flatten_tensors([c.sum(dim=0) for c in cotangent])) + damping * vector
+            tangent = {
+                name: value.unsqueeze(0).expand(num_tasks, *value.shape)
+                for name, value in unflatten_like(vector, theta).items()
+            }
+            tangent = _apply_adaptation_jacobian(tangent, inner_hessians)
+            cotangent = _apply_adaptation_jacobian(fisher_product(tangent), reversed(inner_hessians))
+            return (
+                self.workers.sum(flatten_tensors([value.sum(dim=0) for value in cotangent.values()])) + damping * vector
+            )
 
         return product
 
@@ -529,6 +558,15 @@ class MAML:
             self.learned_step_sizes.load_state_dict(state["learned_step_sizes"])
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _apply_adaptation_jacobian(vectors: Params, factors: Iterable[tuple[float, HessianProduct]]) -> Params:
+    """Per-task vectors times the factors ``I - α H`` of an adaptation's Jacobian, in the order given: the steps'
+    order for ``J v``, reversed for ``Jᵀ u`` (each factor is symmetric)."""
+    for step_size, hessian_product in factors:
+        hessian_vectors = hessian_product(vectors)
+        vectors = {name: value - step_size * hessian_vectors[name] for name, value in vectors.items()}
+    return vectors
 
 
 def _masked_mean_per_task(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -26,15 +26,18 @@ References:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import gymnasium as gym
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from agents.curvature import LayerParams, MLPPass, chunk_tasks, gather_rows
 from metarl.distributed import TaskShard, sample_actions
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
@@ -49,6 +52,28 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
+
+
+class _CurvatureChunk(NamedTuple):
+    """A chunk of tasks of a curvature product (:meth:`_MLPPolicy.fisher_product`): its slice of the tasks, the
+    sample rows kept (:func:`agents.curvature.chunk_tasks`), its parameters ``[C, ...]``, the kept samples' weights
+    ``[C, n]`` and the forward pass on them."""
+
+    tasks: slice
+    rows: torch.Tensor
+    params: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    mlp: MLPPass
+
+
+def _task_major(value: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """A tensor with leading (task) dims ``lead`` as ``[T, ...]``: the leading dims flattened, or a new dim of 1."""
+    return value.reshape(-1, *value.shape[len(lead) :]) if lead else value.unsqueeze(0)
+
+
+def _from_task_major(value: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`_task_major`."""
+    return value.reshape(*lead, *value.shape[1:]) if lead else value[0]
 
 
 class _MLPPolicy(nn.Module):
@@ -79,26 +104,29 @@ class _MLPPolicy(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    @functools.cached_property
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape (fixed once built), read on every forward pass to check ``params``."""
+        return {name: tuple(value.shape) for name, value in self.named_parameters()}
+
     def _resolve(self, params: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
         if params is None:
             # read through named_parameters so that torch.func.functional_call's substitutes are used
             return dict(self.named_parameters())
-        missing = [name for name, _ in self.named_parameters() if name not in params]
+        missing = [name for name in self._parameter_shapes if name not in params]
         if missing:
             raise ValueError(f"params lacks {missing}; expected the names of {type(self).__name__}.named_parameters()")
         return params
 
-    def _mlp(
-        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """The MLP's output ``[*observations.shape[:-1], out_dim]`` and the params' leading (task) shape."""
+    def _check_shapes(self, observations: torch.Tensor, params: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+        """The params' leading (task) shape, after checking that every tensor has it and the observations fit."""
         lead = tuple(params["layers.0.weight"].shape[:-2])  # () unbatched, (T,) batched
         # shape checks are on Python ints, so they are fine under vmap
-        for name, own in self.named_parameters():
+        for name, own_shape in self._parameter_shapes.items():
             shape = tuple(params[name].shape)
-            if shape != (*lead, *own.shape):
+            if shape != (*lead, *own_shape):
                 raise ValueError(
-                    f"params[{name!r}] has shape {shape}, expected {(*lead, *own.shape)} "
+                    f"params[{name!r}] has shape {shape}, expected {(*lead, *own_shape)} "
                     f"(every tensor needs the same leading task shape {lead})"
                 )
         if observations.dim() < len(lead) + 1 or tuple(observations.shape[: len(lead)]) != lead:
@@ -109,6 +137,13 @@ class _MLPPolicy(nn.Module):
         if observations.shape[-1] != self.obs_dim:
             raise ValueError(f"observations must end in obs_dim={self.obs_dim}, got shape {tuple(observations.shape)}")
 
+        return lead
+
+    def _mlp(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The MLP's output ``[*observations.shape[:-1], out_dim]`` and the params' leading (task) shape."""
+        lead = self._check_shapes(observations, params)
         # [*lead, ..., obs_dim] -> [*lead, N, obs_dim]: one batched matmul per layer whether or not lead is empty
         x = observations.to(params["layers.0.weight"].dtype).reshape(*lead, -1, self.obs_dim)
         last = len(self.layers) - 1
@@ -159,29 +194,129 @@ class _MLPPolicy(nn.Module):
         ``KL(π_i ‖ ·)`` in them.
 
         ``F`` is the Hessian of ``Σ_i w_i KL(old_i ‖ new_i)`` at new = old (TRPO's curvature) without the network's
-        second derivatives, which the KL's vanishing gradient there multiplies by zero: one forward-mode and one
-        reverse-mode pass through the MLP per product instead of a double backward. ``weights`` has the shape of
-        ``observations`` without the last dim; ``v`` and the result are dicts shaped like ``params``.
+        second derivatives, which the KL's vanishing gradient there multiplies by zero: one tangent forward pass and
+        one backward pass through the MLP per product, written out (:mod:`agents.curvature`), the forward pass
+        computed once. ``weights`` has the shape of ``observations`` without the last dim; ``v`` and the result are
+        dicts shaped like ``params``.
         """
-        # contiguous copies: forward-mode AD refuses expanded (broadcast) tensors, such as un-adapted batched params
-        params = {name: value.detach().contiguous() for name, value in params.items()}
-        layer_names = [name for name in params if name.startswith("layers.")]
-
-        def outputs(*layer_values: torch.Tensor) -> torch.Tensor:
-            return self._mlp(observations, {**params, **dict(zip(layer_names, layer_values, strict=True))})[0]
-
-        primals = tuple(params[name] for name in layer_names)
-        output, output_vjp = torch.func.vjp(outputs, *primals)  # the reverse pass is built once, reused per product
+        chunks, lead = self._curvature_chunks(observations, params, weights)
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            tangents = tuple(vector[name].contiguous() for name in layer_names)
-            _, output_tangent = torch.func.jvp(outputs, primals, tangents)
-            cotangent = self._output_fisher(output, params, output_tangent) * weights.unsqueeze(-1)
-            result = dict(zip(layer_names, output_vjp(cotangent), strict=True))
+            layer_products = []
+            for chunk in chunks:
+                tangents = self._layer_params(self._chunk_of(vector, chunk, lead))
+                output_tangent = chunk.mlp.tangent_forward(tangents).output
+                cotangent = self._output_fisher(chunk.mlp.output, chunk.params, output_tangent)
+                layer_products.append(chunk.mlp.backward(cotangent * chunk.weights.unsqueeze(-1))[0])
+            result = self._assemble(layer_products, lead)
             result.update(self._extra_fisher(params, weights, vector))
             return {name: result[name] for name in params}
 
         return product
+
+    def log_likelihood_hessian_product(
+        self,
+        observations: torch.Tensor,
+        actions: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        coefficients: torch.Tensor,
+    ) -> Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """The operator ``v ↦ H v`` of the Hessian at ``params`` of ``L = Σ_i c_i log π(actions_i | observations_i)``.
+
+        A policy-gradient loss is such an ``L`` (``c_i`` the negated, normalised advantages), so this is the Hessian
+        of MAML's inner loss. Pearlmutter's R-operator written out for the MLP (:mod:`agents.curvature`): the forward
+        and first-order backward passes are computed once, a product is one tangent forward and one tangent backward
+        pass. ``coefficients`` has the shape of ``observations`` without the last dim; ``v`` and the result are dicts
+        shaped like ``params``.
+        """
+        chunks, lead = self._curvature_chunks(observations, params, coefficients)
+        flat_actions = self._flatten_samples(actions, observations, lead)
+        output_curvatures = []
+        for chunk in chunks:
+            chunk_actions = gather_rows(flat_actions[chunk.tasks], chunk.rows)
+            output_gradient, output_curvature = self._log_likelihood_terms(
+                chunk.mlp.output, chunk_actions, chunk.weights, chunk.params
+            )
+            chunk.mlp.prepare_second_order(output_gradient)
+            output_curvatures.append(output_curvature)
+        other_names = [name for name in self._resolve(params) if not name.startswith("layers.")]
+
+        def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            layer_products, other_products = [], []
+            for chunk, output_curvature in zip(chunks, output_curvatures, strict=True):
+                chunk_vector = self._chunk_of(vector, chunk, lead)
+                tangents = self._layer_params(chunk_vector)
+                tangent_pass = chunk.mlp.tangent_forward(tangents)
+                output_error_tangent, others = output_curvature(tangent_pass.output, chunk_vector)
+                layer_products.append(chunk.mlp.second_order_backward(tangents, tangent_pass, output_error_tangent))
+                other_products.append(others)
+            result = self._assemble(layer_products, lead)
+            for name in other_names:
+                result[name] = _from_task_major(torch.cat([others[name] for others in other_products]), lead)
+            return {name: result[name] for name in vector}
+
+        return product
+
+    def _log_likelihood_terms(
+        self,
+        output: torch.Tensor,
+        actions: torch.Tensor,
+        coefficients: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+        """``∂L/∂output`` of ``L = Σ_i c_i log π(actions_i)`` for a chunk of tasks, and the function of
+        ``(R{output}, tangents of the parameters outside the MLP)`` giving ``R{∂L/∂output}`` and the Hessian
+        products of those parameters."""
+        raise NotImplementedError
+
+    def _flatten_samples(self, values: torch.Tensor, observations: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+        """``values`` shaped like ``observations`` without the last dim (plus trailing dims of their own, such as an
+        action's) as ``[T, N, ...]``: T tasks (1 unbatched), N samples each."""
+        sample_shape = observations.shape[len(lead) : -1]
+        return _task_major(
+            values.reshape(*lead, math.prod(sample_shape), *values.shape[observations.dim() - 1 :]), lead
+        )
+
+    def _curvature_chunks(
+        self, observations: torch.Tensor, params: Mapping[str, torch.Tensor], weights: torch.Tensor
+    ) -> tuple[list[_CurvatureChunk], tuple[int, ...]]:
+        """The forward passes of a curvature product per chunk of tasks, on the samples of nonzero weight, and the
+        params' leading (task) shape."""
+        params = {name: value.detach() for name, value in self._resolve(params).items()}
+        lead = self._check_shapes(observations, params)
+        dtype = params["layers.0.weight"].dtype
+        flat_observations = self._flatten_samples(observations, observations, lead).to(dtype)
+        flat_weights = self._flatten_samples(weights, observations, lead).to(dtype)
+        task_chunks = chunk_tasks(flat_weights)
+        chunks = []
+        for tasks, rows in zip(task_chunks.tasks, task_chunks.rows, strict=True):
+            chunk_params = {name: _task_major(value, lead)[tasks] for name, value in params.items()}
+            mlp = MLPPass(
+                gather_rows(flat_observations[tasks], rows), self._layer_params(chunk_params), self.activation
+            )
+            chunks.append(_CurvatureChunk(tasks, rows, chunk_params, gather_rows(flat_weights[tasks], rows), mlp))
+        return chunks, lead
+
+    def _layer_params(self, params: Mapping[str, torch.Tensor]) -> list[LayerParams]:
+        """The layers' weights and biases of ``params`` (or of a tangent shaped like them)."""
+        return [LayerParams(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]) for i in range(len(self.layers))]
+
+    def _chunk_of(
+        self, vector: Mapping[str, torch.Tensor], chunk: _CurvatureChunk, lead: tuple[int, ...]
+    ) -> dict[str, torch.Tensor]:
+        """A chunk's tasks' share of a dict shaped like the params, ``[C, ...]``."""
+        return {name: _task_major(value, lead)[chunk.tasks] for name, value in vector.items()}
+
+    def _assemble(
+        self, layer_products: Sequence[Sequence[LayerParams]], lead: tuple[int, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Per-chunk layer products joined over the task dim into a dict with the params' leading shape."""
+        result = {}
+        for i in range(len(self.layers)):
+            for field, suffix in ((0, "weight"), (1, "bias")):
+                joined = torch.cat([products[i][field] for products in layer_products])
+                result[f"layers.{i}.{suffix}"] = _from_task_major(joined, lead)
+        return result
 
     def _output_fisher(
         self, output: torch.Tensor, params: Mapping[str, torch.Tensor], output_tangent: torch.Tensor
@@ -277,6 +412,38 @@ class GaussianMLPPolicy(_MLPPolicy):
         total_weight = weights.flatten(lead).sum(-1).unsqueeze(-1) if lead else weights.sum()
         return {"log_std": 2.0 * total_weight * (log_std >= MIN_LOG_STD) * vector["log_std"]}
 
+    def _log_likelihood_terms(
+        self,
+        output: torch.Tensor,
+        actions: torch.Tensor,
+        coefficients: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+        # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, MIN_LOG_STD):
+        # in the mean μ the gradient is c (a - μ) / σ², in log σ it is c ((a - μ)² / σ² - 1); their second
+        # derivatives follow, the clamp zeroing everything that goes through a clamped entry
+        log_std = params["log_std"]  # [C, D]
+        active = (log_std >= MIN_LOG_STD).to(output.dtype)
+        precision = torch.exp(-2.0 * torch.clamp(log_std, min=MIN_LOG_STD)).unsqueeze(1)  # 1/σ², [C, 1, D]
+        weights = coefficients.unsqueeze(-1)
+        residual = actions.to(output.dtype) - output
+        output_gradient = weights * residual * precision
+        squared_error_sum = (output_gradient * residual).sum(dim=1)  # Σ_i c_i (a - μ)² / σ², [C, D]
+
+        def curvature(
+            output_tangent: torch.Tensor, vector: Mapping[str, torch.Tensor]
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            log_std_tangent = vector["log_std"] * active
+            output_error_tangent = (
+                -weights * precision * output_tangent - 2.0 * output_gradient * log_std_tangent.unsqueeze(1)
+            )
+            log_std_product = (
+                -2.0 * active * ((output_gradient * output_tangent).sum(dim=1) + squared_error_sum * log_std_tangent)
+            )
+            return output_error_tangent, {"log_std": log_std_product}
+
+        return output_gradient, curvature
+
     def _std(self, mean: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The standard deviation broadcast like ``mean`` (its leading dims are the params' task dims)."""
         lead = params["log_std"].dim() - 1
@@ -321,6 +488,27 @@ class CategoricalMLPPolicy(_MLPPolicy):
         # the Hessian of KL(p ‖ softmax(z)) in the logits z at p is diag(p) - p pᵀ
         probs = torch.softmax(output, dim=-1)
         return probs * output_tangent - probs * (probs * output_tangent).sum(dim=-1, keepdim=True)
+
+    def _log_likelihood_terms(
+        self,
+        output: torch.Tensor,
+        actions: torch.Tensor,
+        coefficients: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+        # log softmax(z)_a = z_a - logsumexp(z): gradient c (onehot(a) - p), Hessian -c (diag(p) - p pᵀ)
+        probs = torch.softmax(output, dim=-1)
+        weights = coefficients.unsqueeze(-1)
+        onehot = torch.nn.functional.one_hot(actions.long(), self.num_actions).to(output.dtype)
+        output_gradient = weights * (onehot - probs)
+
+        def curvature(
+            output_tangent: torch.Tensor, vector: Mapping[str, torch.Tensor]
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            probs_tangent = probs * output_tangent
+            return -weights * (probs_tangent - probs * probs_tangent.sum(dim=-1, keepdim=True)), {}
+
+        return output_gradient, curvature
 
 
 def kl(old: Distribution, new: Distribution) -> torch.Tensor:

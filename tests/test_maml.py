@@ -75,6 +75,27 @@ def test_second_order_meta_gradient_matches_finite_differences(num_inner_steps):
         assert gradient @ direction == pytest.approx(finite_difference, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("num_inner_steps", "first_order", "env_id"),
+    [
+        (1, False, "MetaRL/Navigation2D-v0"),
+        (2, False, "MetaRL/Navigation2D-v0"),
+        (1, True, "MetaRL/Navigation2D-v0"),
+        (2, False, "MetaRL/TabularMDP-v0"),
+    ],
+)
+def test_trpo_meta_gradient_equals_autograd_through_the_adaptation(num_inner_steps, first_order, env_id):
+    """TRPO's meta-gradient (the surrogate's gradient pulled back by the written-out inner-loss Hessians) is
+    autograd's gradient through the inner loop, built with or without the inner gradients' graph."""
+    agent, batch = make_agent(num_inner_steps, first_order=first_order, family_id=env_id)
+    theta = dict(agent.policy.named_parameters())
+    meta = agent.meta_gradient(theta, batch, second_order=not first_order)
+    loss, _, _ = outer_objective(agent, batch, theta, create_graph=not first_order)
+    expected = flatten_tensors(torch.autograd.grad(loss, list(theta.values())))
+    assert meta.loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    torch.testing.assert_close(meta.gradient, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters():
     agent, batch = make_agent(num_inner_steps=1, first_order=True)
     theta = dict(agent.policy.named_parameters())
@@ -121,11 +142,13 @@ def test_batched_inner_loop_equals_the_per_task_loop(num_inner_steps):
 def test_kl_hessian_vector_product_equals_double_backward(num_inner_steps, env_id):
     agent, batch = make_agent(num_inner_steps, family_id=env_id)
     theta = dict(agent.policy.named_parameters())
-    adapted, steps = agent._adapt_with_steps(theta, batch.inner, create_graph=True)
-    old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(adapted)))
-    product = agent._kl_hessian_vector_product(theta, adapted, steps, batch.post)
+    points = agent.adaptation_points(theta, batch.inner, batch.shard.size)
+    hessians = agent._inner_hessians(points, batch.inner)
+    product = agent._kl_hessian_vector_product(theta, points[-1], hessians, batch.post)
 
     # naive: differentiate the KL through the adaptation twice (third derivatives of the inner loss included)
+    adapted = agent.adapt(theta, batch.inner, create_graph=True)
+    old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(adapted)))
     kl = agent._mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.masks)
     kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
     generator = torch.Generator().manual_seed(5)
@@ -162,10 +185,12 @@ def test_fast_mode_curvature_is_symmetric_positive_definite_and_cheaper_data():
     agent, batch = make_agent(num_inner_steps=1)
     agent.config.curvature_fraction = 0.5
     theta = dict(agent.policy.named_parameters())
-    adapted, steps = agent._adapt_with_steps(theta, batch.inner, create_graph=True)
-    curvature_steps, curvature_post = agent._curvature_data(adapted, steps, batch, second_order=True)
+    points = agent.adaptation_points(theta, batch.inner, batch.shard.size)
+    curvature_hessians, curvature_post = agent._curvature_data(
+        points, agent._inner_hessians(points, batch.inner), batch
+    )
     assert curvature_post.observations.shape[1] == 1  # half of 2 episodes per task
-    product = agent._kl_hessian_vector_product(theta, adapted, curvature_steps, curvature_post)
+    product = agent._kl_hessian_vector_product(theta, points[-1], curvature_hessians, curvature_post)
     generator = torch.Generator().manual_seed(7)
     size = sum(value.numel() for value in theta.values())
     u, v = (torch.randn(size, generator=generator, dtype=torch.float64) for _ in range(2))

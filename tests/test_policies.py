@@ -417,3 +417,42 @@ def test_fisher_product_equals_the_kl_hessian(kind, lead):
         assert list(got) == list(params)
         for name, want in zip(leaves, expected, strict=True):
             torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "categorical"])
+@pytest.mark.parametrize("lead", [(), (3,)])
+@pytest.mark.parametrize(
+    ("activation", "hidden_sizes"), [("tanh", (5, 4)), ("relu", (5, 4)), ("tanh", (6,)), ("tanh", ())]
+)
+def test_log_likelihood_hessian_product_equals_double_backward(kind, lead, activation, hidden_sizes):
+    """The written-out R-operator gives autograd's Hessian of Σ_i c_i log π(a_i | s_i) times a vector, also with
+    zero coefficients (the samples it skips) and a log_std entry held by the clamp."""
+    torch.manual_seed(1)
+    policy = (
+        GaussianMLPPolicy(3, 2, (5, 4), activation)
+        if kind == "gaussian"
+        else CategoricalMLPPolicy(3, 4, (5, 4), activation)
+    ).double()
+    params = {
+        name: (value.detach().expand(*lead, *value.shape) + 0.3 * torch.randn(*lead, *value.shape, dtype=torch.float64))
+        for name, value in policy.named_parameters()
+    }
+    if kind == "gaussian":
+        params["log_std"] = params["log_std"].clone()
+        params["log_std"][..., 0] = MIN_LOG_STD - 1.0
+    observations = torch.randn(*lead, 5, 7, 3, dtype=torch.float64)
+    actions = policy.act(observations, params)
+    coefficients = torch.randn(*lead, 5, 7, dtype=torch.float64)
+    coefficients[..., 1, 3:] = 0.0  # a terminated episode's padded steps
+    leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
+    objective = (policy.log_prob(observations, actions, leaves) * coefficients).sum()
+    gradient = torch.autograd.grad(objective, list(leaves.values()), create_graph=True)
+    product = policy.log_likelihood_hessian_product(observations, actions, params, coefficients)
+    for _ in range(2):
+        vector = {name: torch.randn_like(value) for name, value in params.items()}
+        directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
+        expected = torch.autograd.grad(directional, list(leaves.values()), retain_graph=True)
+        got = product(vector)
+        assert list(got) == list(params)
+        for name, want in zip(leaves, expected, strict=True):
+            torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
