@@ -109,6 +109,23 @@ def test_conjugate_gradient_stops_early_with_the_exact_solution() -> None:
     assert torch.linalg.vector_norm(a @ x - b).item() ** 2 < 1e-10
 
 
+def test_conjugate_gradient_returns_the_product_of_its_solution_without_another_call() -> None:
+    # A x from the residual, b - r, after 4 of 8 possible iterations (x is not yet the solution)
+    a = random_spd(8, seed=6)
+    b = torch.randn(8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    calls = []
+
+    def counting_matvec(v: torch.Tensor) -> torch.Tensor:
+        calls.append(v)
+        return a @ v
+
+    x, product = conjugate_gradient(counting_matvec, b, iterations=4, residual_tol=0.0, return_product=True)
+    assert len(calls) == 4
+    assert torch.linalg.vector_norm(a @ x - b) > 1e-3
+    torch.testing.assert_close(product, a @ x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x, conjugate_gradient(lambda v: a @ v, b, iterations=4, residual_tol=0.0))
+
+
 def test_conjugate_gradient_on_a_diagonal_matrix_is_exact_in_one_step() -> None:
     # with A = 3 I the first step alpha = r.r / r.A.r = 1/3 lands on b / 3 exactly
     b = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
