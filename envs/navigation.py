@@ -73,8 +73,11 @@ class Navigation2DEnv(_PointRobotEnv):
     family: Navigation2D
 
     def _step_state(self, action: np.ndarray, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
-        bound = np.float32(self.family.max_action)
-        offset, distance = self._move(np.clip(action, -bound, bound))
+        bound = np.float32(self.family.action_space.high[0])
+        displacement = np.clip(action, -bound, bound)
+        if self.family.normalized_actions:
+            displacement = np.float32(self.family.max_step) * displacement
+        offset, distance = self._move(displacement)
         tolerance = np.float32(self.family.goal_tolerance)
         terminated = bool(abs(offset[0]) < tolerance and abs(offset[1]) < tolerance)
         return float(-distance), terminated, {}
@@ -88,8 +91,11 @@ class Navigation2DVectorEnv(_PointRobotVectorEnv):
     def _step_state(
         self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        bound = self.family.max_action
-        offset, distance = self._move(actions.clamp(-bound, bound))
+        bound = float(self.family.action_space.high[0])
+        displacement = actions.clamp(-bound, bound)
+        if self.family.normalized_actions:
+            displacement = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device) * displacement
+        offset, distance = self._move(displacement)
         tolerance = torch.tensor(self.family.goal_tolerance, dtype=torch.float32, device=self.device)
         terminated = (offset.abs() < tolerance).all(dim=1)
         return -distance, terminated, {}
@@ -103,7 +109,10 @@ class Navigation2D(TaskFamily[GoalTask]):
     goal is. This is the reference code's ``point_env_randgoal`` (MAML) / ``Navigation2DEnv`` (pytorch-maml-rl).
 
     ## Action Space
-    ``Box(-0.1, 0.1, (2,), float32)``: the displacement of the robot. Actions are clipped to the box.
+    ``Box(-0.1, 0.1, (2,), float32)``: the displacement of the robot. Actions are clipped to the box. With
+    ``normalized_actions``, ``Box(-1, 1, (2,), float32)`` scaled by ``max_step`` (0.1): the MAML paper's code wraps
+    the env in rllab's ``normalize``, so its policy acts in [-1, 1] and its Gaussian's spread is relative to the
+    step bound (pytorch-maml-rl's env, the default here, takes displacements directly).
 
     ## Observation Space
     ``Box(-inf, inf, (2,), float32)``: the robot's position.
@@ -120,7 +129,8 @@ class Navigation2D(TaskFamily[GoalTask]):
     held-out goals never occur in training.
 
     ## Arguments
-    ``horizon`` (100), ``goal_low`` (-0.5), ``goal_high`` (0.5), ``goal_tolerance`` (0.01).
+    ``horizon`` (100), ``goal_low`` (-0.5), ``goal_high`` (0.5), ``goal_tolerance`` (0.01), ``normalized_actions``
+    (False).
 
     ## Version History
     * v0: initial version.
@@ -136,17 +146,27 @@ class Navigation2D(TaskFamily[GoalTask]):
     task_type = GoalTask
 
     def __init__(
-        self, horizon: int = 100, goal_low: float = -0.5, goal_high: float = 0.5, goal_tolerance: float = 0.01
+        self,
+        horizon: int = 100,
+        goal_low: float = -0.5,
+        goal_high: float = 0.5,
+        goal_tolerance: float = 0.01,
+        normalized_actions: bool = False,
     ) -> None:
+        if not isinstance(normalized_actions, bool):
+            raise ValueError(f"normalized_actions must be True or False, got {normalized_actions!r}")
         self.horizon = check_count("horizon", horizon)
         self.goal_low = check_real("goal_low", goal_low)
         self.goal_high = check_real("goal_high", goal_high)
         if not self.goal_low < self.goal_high:
             raise ValueError(f"goal_low must be < goal_high, got goal_low={goal_low}, goal_high={goal_high}")
         self.goal_tolerance = check_real("goal_tolerance", goal_tolerance, 0.0)
-        self.max_action = 0.1
+        self.normalized_actions = normalized_actions
+        self.max_step = 0.1
+        """The largest move per coordinate and step."""
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = gym.spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
+        bound = 1.0 if normalized_actions else self.max_step
+        self.action_space = gym.spaces.Box(-bound, bound, (2,), np.float32)
 
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[GoalTask]:
         check_count("num_tasks", num_tasks)

@@ -126,9 +126,12 @@ def test_tensor_api_equals_numpy_api(family, mode):
         )
 
 
+@pytest.mark.parametrize("normalized_actions", [False, True])
 @pytest.mark.parametrize("mode", MODES, ids=lambda mode: mode.value)
-def test_navigation_terminations_match(mode):
-    family = Navigation2D()
+def test_navigation_terminations_match(mode, normalized_actions):
+    family = Navigation2D(normalized_actions=normalized_actions)
+    # normalized: the policy's [-1, 1] is the robot's [-0.1, 0.1], so the same moves take 10x the action
+    action_scale = 10.0 if normalized_actions else 1.0
     tasks = family.sample_tasks(np.random.default_rng(5), NUM_ENVS)
     goals = np.array([task.goal for task in tasks], dtype=np.float32)
     native, reference = make_pair(family, mode, tasks)
@@ -138,7 +141,7 @@ def test_navigation_terminations_match(mode):
     terminations = np.zeros(NUM_ENVS, dtype=int)
     first_termination = np.full(NUM_ENVS, -1)
     for step in range(20):
-        actions = np.clip(goals - obs, -0.1, 0.1)
+        actions = action_scale * np.clip(goals - obs, -0.1, 0.1)
         native_out = native.step(actions)
         reference_out = reference.step(actions)
         assert_same(native_out, reference_out, step)

@@ -189,7 +189,7 @@ def test_seed_none_continues_the_streams(family):
 def test_last_observations_of_terminated_episodes(kind, mode):
     family = Navigation2D(horizon=12)
     tasks = family.sample_tasks(np.random.default_rng(4), NUM_TASKS)
-    policy = goal_seeking_policy(tasks, family.max_action)
+    policy = goal_seeking_policy(tasks, family.max_step)
     batch = collect_episodes(make_envs(family, kind, mode), family, tasks, EPISODES, policy, seed=0)
     lengths = batch.lengths.long()
     assert len(set(lengths[:, 0].tolist())) > 1  # the tasks' episodes end at different times
@@ -201,7 +201,7 @@ def test_last_observations_of_terminated_episodes(kind, mode):
             length = int(lengths[t, e])
             assert batch.terminated[t, e, length - 1]
             # the last observation is the position after the last real step: at the goal, not the reset origin
-            step = batch.actions[t, e, length - 1].clamp(-family.max_action, family.max_action)
+            step = batch.actions[t, e, length - 1].clamp(-family.max_step, family.max_step)
             expected = batch.observations[t, e, length - 1] + step
             assert torch.equal(batch.last_observations[t, e], expected)
             assert (batch.last_observations[t, e] - goals[t]).abs().max() < family.goal_tolerance
@@ -297,7 +297,7 @@ def test_rollout_stops_once_every_episode_ended():
     family = Navigation2D(horizon=50)
     tasks = family.sample_tasks(np.random.default_rng(1), NUM_TASKS)
     calls = []
-    seek = goal_seeking_policy(tasks, family.max_action)
+    seek = goal_seeking_policy(tasks, family.max_step)
 
     def policy(observations, params):
         calls.append(1)
