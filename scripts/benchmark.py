@@ -65,7 +65,12 @@ DEFAULT_OUT = Path("benchmarks/env_steps.json")
 DEFAULT_MUJOCO_OUT = Path("benchmarks/mujoco_env_steps.json")
 DEFAULT_METAWORLD_OUT = Path("benchmarks/metaworld_env_steps.json")
 DEFAULT_DISTRIBUTED_OUT = Path("benchmarks/distributed.json")
-DISTRIBUTED_PRESETS = ("navigation2d-maml-trpo", "rl2-bandit-k5-n10")
+DISTRIBUTED_RUNS = {
+    "navigation2d-maml-trpo": ("navigation2d-maml-trpo", []),
+    "navigation2d-maml-trpo-fast": ("navigation2d-maml-trpo", ["curvature_fraction=0.25"]),
+    "rl2-bandit-k5-n10": ("rl2-bandit-k5-n10", []),
+}
+"""The training runs ``--distributed`` times: name -> (preset, config overrides)."""
 METAWORLD_ENV = "reach-v3"
 METAWORLD_NUM_ENVS = (1, 10)
 
@@ -404,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed",
         action="store_true",
         help="instead of env steps, seconds per meta-iteration of `metarl train` on 1 and on 2 processes (torchrun, "
-        f"gloo) for the presets {', '.join(DISTRIBUTED_PRESETS)} (default --out {DEFAULT_DISTRIBUTED_OUT})",
+        f"gloo) for the runs {', '.join(DISTRIBUTED_RUNS)} (default --out {DEFAULT_DISTRIBUTED_OUT})",
     )
     parser.add_argument(
         "--processes",
@@ -548,13 +553,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 MAML_PHASES = ("sample_s", "inner_and_gradient_s", "conjugate_gradient_s", "line_search_s")
 
 
-def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
-    """Seconds per MAML-TRPO meta-iteration of the Navigation2D paper preset, by phase, for two implementations.
+MAML_IMPLEMENTATIONS = {
+    "batched": [],
+    "batched_fast": ["curvature_fraction=0.25"],
+    "per_task": [],
+}
+"""The implementations ``--maml`` times, with their config overrides of the preset."""
 
-    ``batched``: the suite's MAML (all tasks sampled, adapted and differentiated at once; KL curvature as JᵀFJ).
-    ``per_task``: the same algorithm written as a loop over tasks, the shape of the reference implementations:
-    each task sampled with its own E sub-envs, adapted on its own, and the KL's Hessian-vector product by double
-    backward through the per-task adaptations. Both run the same number of meta-iterations from the same seed.
+
+def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Seconds per MAML-TRPO meta-iteration of the Navigation2D paper preset, by phase, for three implementations.
+
+    ``batched``: the suite's MAML (all tasks sampled, adapted and differentiated at once; KL curvature as JᵀFJ from
+    the written-out curvature products). ``batched_fast``: the same in fast mode (the curvature on a quarter of each
+    task's episodes). ``per_task``: the same algorithm written as a loop over tasks, the shape of the reference
+    implementations: each task sampled with its own E sub-envs, adapted on its own, and the KL's Hessian-vector
+    product by double backward through the per-task adaptations. The implementations' meta-iterations are
+    interleaved, each agent starting from the same seed.
     """
     from agents.maml import MAML
     from metarl.config import load_config
@@ -563,31 +578,42 @@ def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
 
     torch.set_num_threads(args.threads)
     overrides = ["meta_batch_size=4", "episodes_per_task=4"] if args.quick else []
-    config = load_config("navigation2d-maml-trpo", overrides)
-    family = make_family(config.family)
-    split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
     data: dict[str, Any] = {
         **run_header(torch.device("cpu"), argv),
-        "settings": {"preset": "navigation2d-maml-trpo", "overrides": overrides, "iterations": args.maml_iterations},
+        "settings": {
+            "preset": "navigation2d-maml-trpo",
+            "overrides": overrides,
+            "implementation_overrides": MAML_IMPLEMENTATIONS,
+            "iterations": args.maml_iterations,
+        },
         "results": {},
     }
-    for implementation in ("batched", "per_task"):
+    runs = {}
+    for implementation, implementation_overrides in MAML_IMPLEMENTATIONS.items():
+        config = load_config("navigation2d-maml-trpo", [*overrides, *implementation_overrides])
+        family = make_family(config.family, **config.family_kwargs)
+        split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
         seed_everything(args.seed)
         agent = MAML(family, config, torch.device("cpu"))
-        rng = np.random.default_rng(args.seed)
-        records = []
-        for _ in range(args.maml_iterations):
-            tasks = [split.train[i] for i in rng.choice(len(split.train), config.meta_batch_size, replace=False)]
-            step = _batched_meta_iteration if implementation == "batched" else _per_task_meta_iteration
+        step = _per_task_meta_iteration if implementation == "per_task" else _batched_meta_iteration
+        runs[implementation] = (agent, split, np.random.default_rng(args.seed), step, [])
+    for _ in range(args.maml_iterations):
+        for agent, split, rng, step, records in runs.values():
+            tasks = [split.train[i] for i in rng.choice(len(split.train), agent.config.meta_batch_size, replace=False)]
             records.append(step(agent, tasks, rng))
+    for implementation, (_, _, _, _, records) in runs.items():
         summary = {phase: statistics.median(r[phase] for r in records) for phase in MAML_PHASES}
         summary["total_s"] = statistics.median(sum(r[p] for p in MAML_PHASES) for r in records)
         data["results"][implementation] = {"median": summary, "iterations": records}
         cells = "  ".join(f"{phase.removesuffix('_s')} {summary[phase]:.3f}" for phase in MAML_PHASES)
-        print(f"{implementation:9s} total {summary['total_s']:.3f} s/iteration  ({cells})", flush=True)
-    batched, per_task = data["results"]["batched"]["median"], data["results"]["per_task"]["median"]
-    data["speedup_total"] = per_task["total_s"] / batched["total_s"]
-    print(f"batched is {data['speedup_total']:.1f}x faster per meta-iteration")
+        print(f"{implementation:12s} total {summary['total_s']:.3f} s/iteration  ({cells})", flush=True)
+    medians = {name: result["median"]["total_s"] for name, result in data["results"].items()}
+    data["speedup_total"] = medians["per_task"] / medians["batched"]
+    data["speedup_fast_over_exact"] = medians["batched"] / medians["batched_fast"]
+    print(
+        f"batched is {data['speedup_total']:.1f}x faster per meta-iteration than the per-task loop; "
+        f"the fast mode {data['speedup_fast_over_exact']:.1f}x faster than exact"
+    )
     out = args.out or DEFAULT_MAML_OUT
     return save_results(data, out)
 
@@ -741,14 +767,13 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
     """
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 2
     iterations = 3 if args.quick else args.distributed_iterations
-    presets = DISTRIBUTED_PRESETS
     quick = {"maml": ["meta_batch_size=4", "episodes_per_task=4"], "rl2": ["meta_batch_size=16", "ppo_epochs=1"]}
     common = ["eval_tasks=4", "test_tasks=4", "eval_steps=1", "progress=false", f"seed={args.seed}"]
     settings = [(device, processes) for device in args.devices for processes in args.processes]
     data: dict[str, Any] = {
         **run_header(torch.device("cuda" if "cuda" in args.devices else "cpu"), argv),
         "settings": {
-            "presets": list(presets),
+            "runs": {name: [preset, *overrides] for name, (preset, overrides) in DISTRIBUTED_RUNS.items()},
             "devices": args.devices,
             "processes": args.processes,
             "iterations": iterations,
@@ -761,21 +786,23 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
     timings: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="metarl-distributed-") as scratch:
         for repeat in range(repeats):
-            for preset in presets:
+            for name, (preset, run_overrides) in DISTRIBUTED_RUNS.items():
                 for device, processes in settings:
-                    run_root = Path(scratch) / f"{preset}-{device}-{processes}-{repeat}"
+                    run_root = Path(scratch) / f"{name}-{device}-{processes}-{repeat}"
                     smaller = quick["rl2" if preset.startswith("rl2") else "maml"] if args.quick else []
-                    overrides = [*smaller, *common, f"iterations={iterations}", f"device={device}"]
+                    overrides = [*run_overrides, *smaller, *common, f"iterations={iterations}", f"device={device}"]
                     records = _timed_training_run(preset, overrides, processes, run_root)
-                    timings.setdefault((preset, device, processes), []).extend(records)
+                    timings.setdefault((name, device, processes), []).extend(records)
     print(f"median seconds per meta-iteration ({repeats} run(s) x {iterations - 2} timed iteration(s) each)")
-    for preset in presets:
-        baseline = statistics.median(r["time/iteration_s"] for r in timings[(preset, *settings[0])])
+    for name, (preset, run_overrides) in DISTRIBUTED_RUNS.items():
+        baseline = statistics.median(r["time/iteration_s"] for r in timings[(name, *settings[0])])
         for device, processes in settings:
-            records = timings[(preset, device, processes)]
+            records = timings[(name, device, processes)]
             median = statistics.median(r["time/iteration_s"] for r in records)
             record = {
+                "run": name,
                 "preset": preset,
+                "overrides": run_overrides,
                 "device": device,
                 "processes": processes,
                 "median_iteration_s": median,
@@ -790,7 +817,7 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
                 steps = f"  {format_rate(record['env_steps_per_s'])} env steps/s"
             data["results"].append(record)
             print(
-                f"{preset:24s} {device:4s} x{processes}: {median:7.3f} s  ({baseline / median:.2f}x){steps}", flush=True
+                f"{name:28s} {device:4s} x{processes}: {median:7.3f} s  ({baseline / median:.2f}x){steps}", flush=True
             )
     out = args.out or DEFAULT_DISTRIBUTED_OUT
     return save_results(data, out)
