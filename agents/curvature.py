@@ -110,14 +110,19 @@ class MLPPass:
                 errors.append(error)
         return gradients[::-1], errors[::-1]
 
-    def prepare_second_order(self, output_gradient: torch.Tensor) -> None:
+    def prepare_second_order(self, output_gradient: torch.Tensor) -> list[LayerParams]:
         """Backpropagate ``∂L/∂output`` once and keep what :meth:`second_order_backward` reads: each layer's error
-        ``δ = ∂L/∂z`` and, for each hidden layer, ``∂L/∂h ⊙ φ''(z)`` (``-2 h ⊙ δ`` for tanh, zero for relu)."""
-        _, self.errors = self.backward(output_gradient)
+        ``δ = ∂L/∂z`` and, for each hidden layer, ``∂L/∂h ⊙ φ''(z)`` (``-2 h ⊙ δ`` for tanh, zero for relu).
+
+        Returns:
+            The layers' gradients ``∂L/∂(W, b)``, which the same pass gives.
+        """
+        gradients, self.errors = self.backward(output_gradient)
         self.activation_curvatures = [
             -2.0 * self.layer_inputs[i + 1] * self.errors[i] if self.activation == "tanh" else None
             for i in range(len(self.layers) - 1)
         ]
+        return gradients
 
     def second_order_backward(
         self, tangents: Sequence[LayerParams], tangent_pass: TangentPass, output_error_tangent: torch.Tensor

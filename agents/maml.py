@@ -403,7 +403,13 @@ class MAML:
         with ``J = (I - α_K H_K) ⋯ (I - α_1 H_1)`` (second order; the identity in first order), summed over tasks.
         """
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
-        points = self.adaptation_points(theta, batch.inner, num_tasks)
+        # adapt with the written-out inner gradients, whose passes the Hessian products reuse
+        points = [_detach(batch_params(theta, num_tasks))]
+        inner_hessians = []
+        for step_size, data in zip(self.step_sizes(len(batch.inner)), batch.inner, strict=True):
+            gradient, hessian_product = self._inner_derivatives(points[-1], data)
+            points.append(self._inner_update(points[-1], list(gradient.values()), step_size))
+            inner_hessians.append((step_size, hessian_product))
         with torch.no_grad():
             old_distribution = _detach_distribution(self.policy.distribution(batch.post.observations, points[-1]))
             old_log_probs = old_distribution.log_prob(batch.post.actions)
@@ -411,7 +417,8 @@ class MAML:
             adapted = {name: value.clone().requires_grad_() for name, value in points[-1].items()}
             loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution, total_tasks)
             adapted_gradient = dict(zip(adapted, torch.autograd.grad(loss, list(adapted.values())), strict=True))
-        inner_hessians = self._inner_hessians(points, batch.inner) if second_order else []
+        if not second_order:
+            inner_hessians = []
         task_gradients = _apply_adaptation_jacobian(adapted_gradient, reversed(inner_hessians))
         gradient = flatten_tensors([value.sum(dim=0) for value in task_gradients.values()])
         return MetaGradient(loss.detach(), gradient, points, inner_hessians, old_log_probs, old_distribution)
@@ -444,20 +451,23 @@ class MAML:
         timings["conjugate_gradient_s"] += curvature_setup_seconds
         return result, timings
 
+    def _inner_derivatives(self, point: Params, data: PolicyGradientData) -> tuple[Params, HessianProduct]:
+        """Every task's inner-loss gradient at its parameters ``point`` and the product with its Hessian there."""
+        # the inner loss -Σ_i A_i m_i log π_i / n_t is a weighted log-likelihood
+        task_steps = data.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (data.masks.dim() - 1))
+        coefficients = -data.advantages * data.masks / task_steps
+        return self.policy.log_likelihood_derivatives(data.observations, data.actions, point, coefficients)
+
     def _inner_hessians(
         self, points: Sequence[Params], inner: Sequence[PolicyGradientData]
     ) -> list[tuple[float, HessianProduct]]:
         """Each inner step's step size and ``v ↦ H v``, ``H`` the Hessian of every task's inner loss at the task's
-        parameters before that step (``points[k]``; a last point after the steps is ignored): the factors ``I - α H``
-        of the adaptation's Jacobian."""
-        hessians = []
-        for step_size, point, data in zip(self.step_sizes(len(inner)), points[: len(inner)], inner, strict=True):
-            # the inner loss -Σ_i A_i m_i log π_i / n_t is a weighted log-likelihood
-            task_steps = data.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (data.masks.dim() - 1))
-            coefficients = -data.advantages * data.masks / task_steps
-            product = self.policy.log_likelihood_hessian_product(data.observations, data.actions, point, coefficients)
-            hessians.append((step_size, product))
-        return hessians
+        parameters before that step (``points[k]``; a last point after the steps is ignored): the factors
+        ``I - α H`` of the adaptation's Jacobian."""
+        return [
+            (step_size, self._inner_derivatives(point, data)[1])
+            for step_size, point, data in zip(self.step_sizes(len(inner)), points[: len(inner)], inner, strict=True)
+        ]
 
     def _curvature_data(
         self, points: Sequence[Params], inner_hessians: list[tuple[float, HessianProduct]], batch: MetaBatch

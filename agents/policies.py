@@ -214,32 +214,40 @@ class _MLPPolicy(nn.Module):
 
         return product
 
-    def log_likelihood_hessian_product(
+    def log_likelihood_derivatives(
         self,
         observations: torch.Tensor,
         actions: torch.Tensor,
         params: Mapping[str, torch.Tensor],
         coefficients: torch.Tensor,
-    ) -> Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        """The operator ``v ↦ H v`` of the Hessian at ``params`` of ``L = Σ_i c_i log π(actions_i | observations_i)``.
+    ) -> tuple[dict[str, torch.Tensor], Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]]:
+        """The gradient at ``params`` of ``L = Σ_i c_i log π(actions_i | observations_i)`` and the operator ``v ↦ H v``
+        of its Hessian there.
 
-        A policy-gradient loss is such an ``L`` (``c_i`` the negated, normalised advantages), so this is the Hessian
-        of MAML's inner loss. Pearlmutter's R-operator written out for the MLP (:mod:`agents.curvature`): the forward
-        and first-order backward passes are computed once, a product is one tangent forward and one tangent backward
-        pass. ``coefficients`` has the shape of ``observations`` without the last dim; ``v`` and the result are dicts
-        shaped like ``params``.
+        A policy-gradient loss is such an ``L`` (``c_i`` the negated, normalised advantages), so these are the
+        gradient and Hessian of MAML's inner loss. Pearlmutter's R-operator written out for the MLP
+        (:mod:`agents.curvature`): one forward and one backward pass give the gradient and everything the products
+        reuse; a product is one tangent forward and one tangent backward pass. ``coefficients`` has the shape of
+        ``observations`` without the last dim; the gradient, ``v`` and ``H v`` are dicts shaped like ``params``.
         """
         chunks, lead = self._curvature_chunks(observations, params, coefficients)
         flat_actions = self._flatten_samples(actions, observations, lead)
-        output_curvatures = []
+        output_curvatures, layer_gradients, other_gradients = [], [], []
         for chunk in chunks:
             chunk_actions = gather_rows(flat_actions[chunk.tasks], chunk.rows)
-            output_gradient, output_curvature = self._log_likelihood_terms(
+            output_gradient, others, output_curvature = self._log_likelihood_terms(
                 chunk.mlp.output, chunk_actions, chunk.weights, chunk.params
             )
-            chunk.mlp.prepare_second_order(output_gradient)
+            layer_gradients.append(chunk.mlp.prepare_second_order(output_gradient))
+            other_gradients.append(others)
             output_curvatures.append(output_curvature)
-        other_names = [name for name in self._resolve(params) if not name.startswith("layers.")]
+        names = list(self._resolve(params))
+
+        def assemble(layer_results: Sequence[Sequence[LayerParams]], other_results: Sequence[dict]) -> dict:
+            result = self._assemble(layer_results, lead)
+            for name in other_results[0]:
+                result[name] = _from_task_major(torch.cat([others[name] for others in other_results]), lead)
+            return {name: result[name] for name in names}
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             layer_products, other_products = [], []
@@ -250,12 +258,9 @@ class _MLPPolicy(nn.Module):
                 output_error_tangent, others = output_curvature(tangent_pass.output, chunk_vector)
                 layer_products.append(chunk.mlp.second_order_backward(tangents, tangent_pass, output_error_tangent))
                 other_products.append(others)
-            result = self._assemble(layer_products, lead)
-            for name in other_names:
-                result[name] = _from_task_major(torch.cat([others[name] for others in other_products]), lead)
-            return {name: result[name] for name in vector}
+            return assemble(layer_products, other_products)
 
-        return product
+        return assemble(layer_gradients, other_gradients), product
 
     def _log_likelihood_terms(
         self,
@@ -263,10 +268,10 @@ class _MLPPolicy(nn.Module):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
-        """``∂L/∂output`` of ``L = Σ_i c_i log π(actions_i)`` for a chunk of tasks, and the function of
-        ``(R{output}, tangents of the parameters outside the MLP)`` giving ``R{∂L/∂output}`` and the Hessian
-        products of those parameters."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+        """For ``L = Σ_i c_i log π(actions_i)`` on a chunk of tasks: ``∂L/∂output``, the gradient of the parameters
+        outside the MLP, and the function of ``(R{output}, tangents of those parameters)`` giving ``R{∂L/∂output}``
+        and their Hessian products."""
         raise NotImplementedError
 
     def _flatten_samples(self, values: torch.Tensor, observations: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
@@ -418,7 +423,7 @@ class GaussianMLPPolicy(_MLPPolicy):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
         # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, MIN_LOG_STD):
         # in the mean μ the gradient is c (a - μ) / σ², in log σ it is c ((a - μ)² / σ² - 1); their second
         # derivatives follow, the clamp zeroing everything that goes through a clamped entry
@@ -442,7 +447,8 @@ class GaussianMLPPolicy(_MLPPolicy):
             )
             return output_error_tangent, {"log_std": log_std_product}
 
-        return output_gradient, curvature
+        log_std_gradient = active * (squared_error_sum - coefficients.sum(dim=1, keepdim=True))
+        return output_gradient, {"log_std": log_std_gradient}, curvature
 
     def _std(self, mean: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The standard deviation broadcast like ``mean`` (its leading dims are the params' task dims)."""
@@ -495,7 +501,7 @@ class CategoricalMLPPolicy(_MLPPolicy):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
         # log softmax(z)_a = z_a - logsumexp(z): gradient c (onehot(a) - p), Hessian -c (diag(p) - p pᵀ)
         probs = torch.softmax(output, dim=-1)
         weights = coefficients.unsqueeze(-1)
@@ -508,7 +514,7 @@ class CategoricalMLPPolicy(_MLPPolicy):
             probs_tangent = probs * output_tangent
             return -weights * (probs_tangent - probs * probs_tangent.sum(dim=-1, keepdim=True)), {}
 
-        return output_gradient, curvature
+        return output_gradient, {}, curvature
 
 
 def kl(old: Distribution, new: Distribution) -> torch.Tensor:

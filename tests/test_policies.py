@@ -424,9 +424,9 @@ def test_fisher_product_equals_the_kl_hessian(kind, lead):
 @pytest.mark.parametrize(
     ("activation", "hidden_sizes"), [("tanh", (5, 4)), ("relu", (5, 4)), ("tanh", (6,)), ("tanh", ())]
 )
-def test_log_likelihood_hessian_product_equals_double_backward(kind, lead, activation, hidden_sizes):
-    """The written-out R-operator gives autograd's Hessian of Σ_i c_i log π(a_i | s_i) times a vector, also with
-    zero coefficients (the samples it skips) and a log_std entry held by the clamp."""
+def test_log_likelihood_derivatives_equal_autograd(kind, lead, activation, hidden_sizes):
+    """The written-out passes give autograd's gradient of Σ_i c_i log π(a_i | s_i) and its Hessian times a vector
+    (double backward), also with zero coefficients (the samples they skip) and a log_std entry held by the clamp."""
     torch.manual_seed(1)
     policy = (
         GaussianMLPPolicy(3, 2, (5, 4), activation)
@@ -447,7 +447,13 @@ def test_log_likelihood_hessian_product_equals_double_backward(kind, lead, activ
     leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
     objective = (policy.log_prob(observations, actions, leaves) * coefficients).sum()
     gradient = torch.autograd.grad(objective, list(leaves.values()), create_graph=True)
-    product = policy.log_likelihood_hessian_product(observations, actions, params, coefficients)
+    gradient_got, product = policy.log_likelihood_derivatives(observations, actions, params, coefficients)
+    assert list(gradient_got) == list(params)
+    for name, want in zip(leaves, gradient, strict=True):
+        # with the clamped σ = 1e-6, a - μ ~ 1e-6 of a ~ 1 keeps ~1e-10 of float64's precision: the mean's
+        # gradients (~1e6) agree to ~1e-10 of their largest entry, not entry by entry
+        scale = want.abs().max().item()
+        torch.testing.assert_close(gradient_got[name], want, rtol=1e-10, atol=1e-8 * max(1.0, scale), msg=name)
     for _ in range(2):
         vector = {name: torch.randn_like(value) for name, value in params.items()}
         directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
