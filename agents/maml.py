@@ -210,19 +210,21 @@ class MAML:
             adapted = self._inner_update(adapted, grads, step_size)
         return adapted
 
-    def _adaptation_step(self, current: Params, data: PolicyGradientData, step_size: float) -> Params:
-        """One inner step of every task from ``current`` (leading task dim), cut from the graph."""
-        with torch.enable_grad():
-            current = {name: value.detach().requires_grad_() for name, value in current.items()}
-            grads = torch.autograd.grad(self.inner_losses(current, data).sum(), list(current.values()))
-            return _detach(self._inner_update(current, grads, step_size))
+    def _adaptation_step(
+        self, current: Params, data: PolicyGradientData, step_size: float
+    ) -> tuple[Params, HessianProduct]:
+        """One inner step of every task from ``current`` (leading task dim), cut from the graph, and the product
+        with the inner loss's Hessian at ``current``, which reuses the passes of the step's gradient."""
+        gradient, hessian_product = self._inner_derivatives(_detach(current), data)
+        with torch.no_grad():
+            return self._inner_update(_detach(current), list(gradient.values()), step_size), hessian_product
 
     def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
         """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
         leading task dim, no graph): where the inner losses' Hessians of the meta-gradient are taken."""
         points = [_detach(batch_params(params, num_tasks))]
         for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
-            points.append(self._adaptation_step(points[-1], data, step_size))
+            points.append(self._adaptation_step(points[-1], data, step_size)[0])
         return points
 
     def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
@@ -264,7 +266,7 @@ class MAML:
             inner.append(data)
             adapted = self._adaptation_step(
                 batch_params(params, len(tasks)) if adapted is None else adapted, data, step_size
-            )
+            )[0]
         raise AssertionError("unreachable")
 
     # -- outer loop ------------------------------------------------------------------------------------------------
@@ -403,12 +405,11 @@ class MAML:
         with ``J = (I - α_K H_K) ⋯ (I - α_1 H_1)`` (second order; the identity in first order), summed over tasks.
         """
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
-        # adapt with the written-out inner gradients, whose passes the Hessian products reuse
         points = [_detach(batch_params(theta, num_tasks))]
         inner_hessians = []
         for step_size, data in zip(self.step_sizes(len(batch.inner)), batch.inner, strict=True):
-            gradient, hessian_product = self._inner_derivatives(points[-1], data)
-            points.append(self._inner_update(points[-1], list(gradient.values()), step_size))
+            point, hessian_product = self._adaptation_step(points[-1], data, step_size)
+            points.append(point)
             inner_hessians.append((step_size, hessian_product))
         with torch.no_grad():
             old_distribution = _detach_distribution(self.policy.distribution(batch.post.observations, points[-1]))

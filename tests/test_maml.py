@@ -91,9 +91,10 @@ def test_trpo_meta_gradient_equals_autograd_through_the_adaptation(num_inner_ste
     theta = dict(agent.policy.named_parameters())
     meta = agent.meta_gradient(theta, batch, second_order=not first_order)
     # its adaptation, with the written-out inner gradients, is autograd's
-    for got, want in zip(meta.points, agent.adaptation_points(theta, batch.inner, batch.shard.size), strict=True):
+    for k, got in enumerate(meta.points):
+        want = agent.adapt(theta, batch.inner[:k], create_graph=False, num_tasks=batch.shard.size)
         for name in theta:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got[name], want[name].detach(), rtol=1e-10, atol=1e-12)
     loss, _, _ = outer_objective(agent, batch, theta, create_graph=not first_order)
     expected = flatten_tensors(torch.autograd.grad(loss, list(theta.values())))
     assert meta.loss.item() == pytest.approx(loss.item(), rel=1e-12)
