@@ -111,18 +111,25 @@ class MLPPass:
         return gradients[::-1], errors[::-1]
 
     def prepare_second_order(self, output_gradient: torch.Tensor) -> list[LayerParams]:
-        """Backpropagate ``∂L/∂output`` once and keep what :meth:`second_order_backward` reads: each layer's error
-        ``δ = ∂L/∂z`` and, for each hidden layer, ``∂L/∂h ⊙ φ''(z)`` (``-2 h ⊙ δ`` for tanh, zero for relu).
+        """Backpropagate ``∂L/∂output`` once and keep each layer's error ``δ = ∂L/∂z`` for
+        :meth:`second_order_backward`.
 
         Returns:
             The layers' gradients ``∂L/∂(W, b)``, which the same pass gives.
         """
         gradients, self.errors = self.backward(output_gradient)
-        self.activation_curvatures = [
-            -2.0 * self.layer_inputs[i + 1] * self.errors[i] if self.activation == "tanh" else None
-            for i in range(len(self.layers) - 1)
-        ]
+        self.activation_curvatures = []
         return gradients
+
+    def _activation_curvatures(self) -> list[torch.Tensor | None]:
+        """``∂L/∂h ⊙ φ''(z)`` of each hidden layer (``-2 h ⊙ δ`` for tanh, zero for relu), computed at the first
+        product: a caller that only wanted the gradient never pays for it."""
+        if not self.activation_curvatures:
+            self.activation_curvatures = [
+                -2.0 * self.layer_inputs[i + 1] * self.errors[i] if self.activation == "tanh" else None
+                for i in range(len(self.layers) - 1)
+            ]
+        return self.activation_curvatures
 
     def second_order_backward(
         self, tangents: Sequence[LayerParams], tangent_pass: TangentPass, output_error_tangent: torch.Tensor
@@ -150,8 +157,9 @@ class MLPPass:
                 self.errors[i] @ tangents[i].weight, error_tangent, self.layers[i].weight
             )
             error_tangent = input_error_tangent.mul_(self.derivatives[i - 1])
-            if self.activation_curvatures[i - 1] is not None:
-                error_tangent = error_tangent.addcmul_(self.activation_curvatures[i - 1], tangent_pass.hidden[i - 1])
+            activation_curvature = self._activation_curvatures()[i - 1]
+            if activation_curvature is not None:
+                error_tangent = error_tangent.addcmul_(activation_curvature, tangent_pass.hidden[i - 1])
         return products[::-1]
 
 

@@ -221,7 +221,7 @@ class MAML:
 
     def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
         """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
-        leading task dim, no graph): where the inner losses' Hessians of the meta-gradient are taken."""
+        leading task dim, no graph), as TRPO's line search re-adapts at each candidate."""
         points = [_detach(batch_params(params, num_tasks))]
         for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
             points.append(self._adaptation_step(points[-1], data, step_size)[0])
