@@ -11,9 +11,8 @@ Autograd's double backward computes the first by differentiating the whole backw
 backward pass, with its generic formula, on freshly allocated full-batch tensors. Here both products are
 Pearlmutter's R-operator written out for the MLP: one forward pass and one first-order backward pass are computed
 once and kept (each layer's input, the activation's derivative, the backpropagated errors), and a product is one
-tangent forward pass and one tangent backward pass, a few matrix products per layer. The work runs per chunk of
-tasks, whose tensors stay small enough for the CPU's caches, and skips the samples whose weight is zero (padded
-steps of terminated episodes).
+tangent forward pass and one tangent backward pass, a few batched matrix products per layer, for every task at
+once. The samples whose weight is zero (padded steps of terminated episodes) are left out.
 
 For a layer ``z = h Wᵀ + b`` followed by ``h' = φ(z)``, with backpropagated error ``δ = ∂L/∂z`` and a tangent
 ``(V, u)`` of ``(W, b)``, the R-operator (the directional derivative ``R{x} = d/dε x(θ + ε v)``) gives::
@@ -38,24 +37,20 @@ from typing import NamedTuple
 
 import torch
 
-CHUNK_SAMPLES = 4096
-"""Samples per chunk of tasks on the CPU: a chunk's ``[samples, 64]`` activations (1 MiB) stay in the cache while
-the products read them several times. On CUDA every task is one chunk."""
-
 
 class LayerParams(NamedTuple):
-    """One linear layer of a chunk of tasks: ``weight`` ``[C, out, in]``, ``bias`` ``[C, out]``."""
+    """One linear layer of a batch of tasks: ``weight`` ``[T, out, in]``, ``bias`` ``[T, out]``."""
 
     weight: torch.Tensor
     bias: torch.Tensor
 
 
 class MLPPass:
-    """A chunk of tasks' forward pass through an MLP, kept for tangent passes.
+    """A batch of tasks' forward pass through an MLP, kept for tangent passes.
 
     Args:
-        inputs: ``[C, N, in]`` samples of C tasks.
-        layers: the C tasks' layers, input to output.
+        inputs: ``[T, N, in]`` samples of T tasks.
+        layers: the T tasks' layers, input to output.
         activation: ``"tanh"`` or ``"relu"`` (hidden layers; the output layer is linear).
     """
 
@@ -80,7 +75,7 @@ class MLPPass:
                     self.derivatives.append((x > 0).to(x.dtype))
                 self.layer_inputs.append(x)
         self.output = x
-        """``[C, N, out]``: the MLP's output."""
+        """``[T, N, out]``: the MLP's output."""
         self.errors: list[torch.Tensor] = []
         self.activation_curvatures: list[torch.Tensor | None] = []
 
@@ -99,7 +94,7 @@ class MLPPass:
         raise AssertionError("unreachable: an MLP has an output layer")
 
     def backward(self, output_cotangent: torch.Tensor) -> tuple[list[LayerParams], list[torch.Tensor]]:
-        """The layers' gradients for ``output_cotangent`` (``[C, N, out]``) and each layer's error ``∂/∂z``."""
+        """The layers' gradients for ``output_cotangent`` (``[T, N, out]``) and each layer's error ``∂/∂z``."""
         gradients: list[LayerParams] = []
         errors = [output_cotangent]
         error = output_cotangent
@@ -171,33 +166,17 @@ class TangentPass(NamedTuple):
     output: torch.Tensor
 
 
-class TaskChunks(NamedTuple):
-    """How a batch of tasks' samples is cut into chunks: ``tasks[j]`` is chunk j's task slice, ``rows[j]`` its
-    ``[C, N_j]`` sample indices (each task's nonzero-weight samples first, then zero-weight ones as padding up to
-    the chunk's largest count)."""
-
-    tasks: list[slice]
-    rows: list[torch.Tensor]
-
-
-def chunk_tasks(weights: torch.Tensor) -> TaskChunks:
-    """Chunks of consecutive tasks of about :data:`CHUNK_SAMPLES` samples (all tasks on CUDA), dropping the samples
-    whose weight is zero: ``weights`` ``[T, N]``."""
-    num_tasks, num_samples = weights.shape
+def nonzero_rows(weights: torch.Tensor) -> torch.Tensor:
+    """Each task's samples of nonzero weight, ``weights`` ``[T, N]``: ``[T, n]`` indices, n the largest count, each
+    task's weighted samples first (in order), then zero-weight ones as padding. Products on the rows skip the padded
+    steps of terminated episodes, which contribute nothing."""
     nonzero = weights != 0
-    counts = nonzero.sum(dim=1).tolist()
     # stable: each task's weighted samples keep their order, ahead of its zero-weight ones
     order = torch.argsort((~nonzero).to(torch.uint8), dim=1, stable=True)
-    per_chunk = num_tasks if weights.is_cuda else max(1, CHUNK_SAMPLES // max(1, num_samples))
-    tasks, rows = [], []
-    for start in range(0, num_tasks, per_chunk):
-        stop = min(num_tasks, start + per_chunk)
-        tasks.append(slice(start, stop))
-        rows.append(order[start:stop, : max(1, max(counts[start:stop]))])
-    return TaskChunks(tasks, rows)
+    return order[:, : max(1, int(nonzero.sum(dim=1).max()))]
 
 
 def gather_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``values`` ``[C, N, ...]`` at ``rows`` ``[C, n]`` of each task: ``[C, n, ...]``."""
+    """``values`` ``[T, N, ...]`` at ``rows`` ``[T, n]`` of each task: ``[T, n, ...]``."""
     index = rows.reshape(*rows.shape, *[1] * (values.dim() - 2)).expand(*rows.shape, *values.shape[2:])
     return torch.gather(values, 1, index)

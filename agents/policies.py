@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from agents.curvature import LayerParams, MLPPass, chunk_tasks, gather_rows
+from agents.curvature import LayerParams, MLPPass, gather_rows, nonzero_rows
 from metarl.distributed import TaskShard, sample_actions
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
@@ -54,12 +54,12 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
-class _CurvatureChunk(NamedTuple):
-    """A chunk of tasks of a curvature product (:meth:`_MLPPolicy.fisher_product`): its slice of the tasks, the
-    sample rows kept (:func:`agents.curvature.chunk_tasks`), its parameters ``[C, ...]``, the kept samples' weights
-    ``[C, n]`` and the forward pass on them."""
+class _CurvaturePass(NamedTuple):
+    """The forward pass a curvature product (:meth:`_MLPPolicy.fisher_product`) reuses: the params' leading (task)
+    shape, the sample rows kept per task (:func:`agents.curvature.nonzero_rows`), the params ``[T, ...]``, the kept
+    samples' weights ``[T, n]`` and the MLP's pass on them."""
 
-    tasks: slice
+    lead: tuple[int, ...]
     rows: torch.Tensor
     params: dict[str, torch.Tensor]
     weights: torch.Tensor
@@ -199,16 +199,14 @@ class _MLPPolicy(nn.Module):
         computed once. ``weights`` has the shape of ``observations`` without the last dim; ``v`` and the result are
         dicts shaped like ``params``.
         """
-        chunks, lead = self._curvature_chunks(observations, params, weights)
+        forward = self._curvature_pass(observations, params, weights)
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            layer_products = []
-            for chunk in chunks:
-                tangents = self._layer_params(self._chunk_of(vector, chunk, lead))
-                output_tangent = chunk.mlp.tangent_forward(tangents).output
-                cotangent = self._output_fisher(chunk.mlp.output, chunk.params, output_tangent)
-                layer_products.append(chunk.mlp.backward(cotangent * chunk.weights.unsqueeze(-1))[0])
-            result = self._assemble(layer_products, lead)
+            tangents = self._layer_params(self._task_major(vector, forward.lead))
+            output_tangent = forward.mlp.tangent_forward(tangents).output
+            cotangent = self._output_fisher(forward.mlp.output, forward.params, output_tangent)
+            layer_products = forward.mlp.backward(cotangent * forward.weights.unsqueeze(-1))[0]
+            result = self._from_layer_params(layer_products, forward.lead)
             result.update(self._extra_fisher(params, weights, vector))
             return {name: result[name] for name in params}
 
@@ -230,34 +228,25 @@ class _MLPPolicy(nn.Module):
         reuse; a product is one tangent forward and one tangent backward pass. ``coefficients`` has the shape of
         ``observations`` without the last dim; the gradient, ``v`` and ``H v`` are dicts shaped like ``params``.
         """
-        chunks, lead = self._curvature_chunks(observations, params, coefficients)
-        flat_actions = self._flatten_samples(actions, observations, lead)
-        output_curvatures, layer_gradients, other_gradients = [], [], []
-        for chunk in chunks:
-            chunk_actions = gather_rows(flat_actions[chunk.tasks], chunk.rows)
-            output_gradient, others, output_curvature = self._log_likelihood_terms(
-                chunk.mlp.output, chunk_actions, chunk.weights, chunk.params
-            )
-            layer_gradients.append(chunk.mlp.prepare_second_order(output_gradient))
-            other_gradients.append(others)
-            output_curvatures.append(output_curvature)
-        names = list(self._resolve(params))
+        forward = self._curvature_pass(observations, params, coefficients)
+        actions = gather_rows(self._flatten_samples(actions, observations, forward.lead), forward.rows)
+        output_gradient, other_gradients, output_curvature = self._log_likelihood_terms(
+            forward.mlp.output, actions, forward.weights, forward.params
+        )
+        layer_gradients = forward.mlp.prepare_second_order(output_gradient)
+        names = list(forward.params)
 
-        def assemble(layer_results: Sequence[Sequence[LayerParams]], other_results: Sequence[dict]) -> dict:
-            result = self._assemble(layer_results, lead)
-            for name in other_results[0]:
-                result[name] = _from_task_major(torch.cat([others[name] for others in other_results]), lead)
+        def assemble(layer_results: Sequence[LayerParams], other_results: Mapping[str, torch.Tensor]) -> dict:
+            result = self._from_layer_params(layer_results, forward.lead)
+            result.update({name: _from_task_major(value, forward.lead) for name, value in other_results.items()})
             return {name: result[name] for name in names}
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            layer_products, other_products = [], []
-            for chunk, output_curvature in zip(chunks, output_curvatures, strict=True):
-                chunk_vector = self._chunk_of(vector, chunk, lead)
-                tangents = self._layer_params(chunk_vector)
-                tangent_pass = chunk.mlp.tangent_forward(tangents)
-                output_error_tangent, others = output_curvature(tangent_pass.output, chunk_vector)
-                layer_products.append(chunk.mlp.second_order_backward(tangents, tangent_pass, output_error_tangent))
-                other_products.append(others)
+            task_vector = self._task_major(vector, forward.lead)
+            tangents = self._layer_params(task_vector)
+            tangent_pass = forward.mlp.tangent_forward(tangents)
+            output_error_tangent, other_products = output_curvature(tangent_pass.output, task_vector)
+            layer_products = forward.mlp.second_order_backward(tangents, tangent_pass, output_error_tangent)
             return assemble(layer_products, other_products)
 
         return assemble(layer_gradients, other_gradients), product
@@ -269,7 +258,7 @@ class _MLPPolicy(nn.Module):
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
-        """For ``L = Σ_i c_i log π(actions_i)`` on a chunk of tasks: ``∂L/∂output``, the gradient of the parameters
+        """For ``L = Σ_i c_i log π(actions_i)`` on ``[T, n]`` samples: ``∂L/∂output``, the gradient of the parameters
         outside the MLP, and the function of ``(R{output}, tangents of those parameters)`` giving ``R{∂L/∂output}``
         and their Hessian products."""
         raise NotImplementedError
@@ -282,45 +271,35 @@ class _MLPPolicy(nn.Module):
             values.reshape(*lead, math.prod(sample_shape), *values.shape[observations.dim() - 1 :]), lead
         )
 
-    def _curvature_chunks(
+    def _curvature_pass(
         self, observations: torch.Tensor, params: Mapping[str, torch.Tensor], weights: torch.Tensor
-    ) -> tuple[list[_CurvatureChunk], tuple[int, ...]]:
-        """The forward passes of a curvature product per chunk of tasks, on the samples of nonzero weight, and the
-        params' leading (task) shape."""
+    ) -> _CurvaturePass:
+        """The forward pass of a curvature product on every task's samples of nonzero weight."""
         params = {name: value.detach() for name, value in self._resolve(params).items()}
         lead = self._check_shapes(observations, params)
         dtype = params["layers.0.weight"].dtype
-        flat_observations = self._flatten_samples(observations, observations, lead).to(dtype)
         flat_weights = self._flatten_samples(weights, observations, lead).to(dtype)
-        task_chunks = chunk_tasks(flat_weights)
-        chunks = []
-        for tasks, rows in zip(task_chunks.tasks, task_chunks.rows, strict=True):
-            chunk_params = {name: _task_major(value, lead)[tasks] for name, value in params.items()}
-            mlp = MLPPass(
-                gather_rows(flat_observations[tasks], rows), self._layer_params(chunk_params), self.activation
-            )
-            chunks.append(_CurvatureChunk(tasks, rows, chunk_params, gather_rows(flat_weights[tasks], rows), mlp))
-        return chunks, lead
+        rows = nonzero_rows(flat_weights)
+        flat_observations = self._flatten_samples(observations, observations, lead).to(dtype)
+        task_params = self._task_major(params, lead)
+        mlp = MLPPass(gather_rows(flat_observations, rows), self._layer_params(task_params), self.activation)
+        return _CurvaturePass(lead, rows, task_params, gather_rows(flat_weights, rows), mlp)
 
     def _layer_params(self, params: Mapping[str, torch.Tensor]) -> list[LayerParams]:
         """The layers' weights and biases of ``params`` (or of a tangent shaped like them)."""
         return [LayerParams(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]) for i in range(len(self.layers))]
 
-    def _chunk_of(
-        self, vector: Mapping[str, torch.Tensor], chunk: _CurvatureChunk, lead: tuple[int, ...]
-    ) -> dict[str, torch.Tensor]:
-        """A chunk's tasks' share of a dict shaped like the params, ``[C, ...]``."""
-        return {name: _task_major(value, lead)[chunk.tasks] for name, value in vector.items()}
+    @staticmethod
+    def _task_major(values: Mapping[str, torch.Tensor], lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """A dict shaped like the params as ``[T, ...]`` tensors (:func:`_task_major`)."""
+        return {name: _task_major(value, lead) for name, value in values.items()}
 
-    def _assemble(
-        self, layer_products: Sequence[Sequence[LayerParams]], lead: tuple[int, ...]
-    ) -> dict[str, torch.Tensor]:
-        """Per-chunk layer products joined over the task dim into a dict with the params' leading shape."""
+    def _from_layer_params(self, layers: Sequence[LayerParams], lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Layer tensors ``[T, ...]`` as a dict with the params' names and leading shape."""
         result = {}
-        for i in range(len(self.layers)):
-            for field, suffix in ((0, "weight"), (1, "bias")):
-                joined = torch.cat([products[i][field] for products in layer_products])
-                result[f"layers.{i}.{suffix}"] = _from_task_major(joined, lead)
+        for i, layer in enumerate(layers):
+            result[f"layers.{i}.weight"] = _from_task_major(layer.weight, lead)
+            result[f"layers.{i}.bias"] = _from_task_major(layer.bias, lead)
         return result
 
     def _output_fisher(
@@ -427,13 +406,13 @@ class GaussianMLPPolicy(_MLPPolicy):
         # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, MIN_LOG_STD):
         # in the mean μ the gradient is c (a - μ) / σ², in log σ it is c ((a - μ)² / σ² - 1); their second
         # derivatives follow, the clamp zeroing everything that goes through a clamped entry
-        log_std = params["log_std"]  # [C, D]
+        log_std = params["log_std"]  # [T, D]
         active = (log_std >= MIN_LOG_STD).to(output.dtype)
-        precision = torch.exp(-2.0 * torch.clamp(log_std, min=MIN_LOG_STD)).unsqueeze(1)  # 1/σ², [C, 1, D]
+        precision = torch.exp(-2.0 * torch.clamp(log_std, min=MIN_LOG_STD)).unsqueeze(1)  # 1/σ², [T, 1, D]
         weights = coefficients.unsqueeze(-1)
         residual = actions.to(output.dtype) - output
         output_gradient = weights * residual * precision
-        squared_error_sum = (output_gradient * residual).sum(dim=1)  # Σ_i c_i (a - μ)² / σ², [C, D]
+        squared_error_sum = (output_gradient * residual).sum(dim=1)  # Σ_i c_i (a - μ)² / σ², [T, D]
 
         def curvature(
             output_tangent: torch.Tensor, vector: Mapping[str, torch.Tensor]

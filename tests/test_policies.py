@@ -399,6 +399,9 @@ def test_fisher_product_equals_the_kl_hessian(kind, lead):
         params["log_std"][..., 0] = MIN_LOG_STD - 1.0
     observations = torch.randn(*lead, 5, 7, 3, dtype=torch.float64)
     weights = torch.rand(*lead, 5, 7, dtype=torch.float64)
+    weights[..., 0, 4:] = 0.0  # padded steps, skipped by the product
+    if lead:
+        weights[1, 3] = 0.0
     old = policy.distribution(observations, params)
     old = (
         torch.distributions.Independent(torch.distributions.Normal(old.mean.detach(), old.stddev.detach()), 1)
@@ -444,6 +447,8 @@ def test_log_likelihood_derivatives_equal_autograd(kind, lead, activation, hidde
     actions = policy.act(observations, params)
     coefficients = torch.randn(*lead, 5, 7, dtype=torch.float64)
     coefficients[..., 1, 3:] = 0.0  # a terminated episode's padded steps
+    if lead:
+        coefficients[0, 2] = 0.0  # more of them in one task: the others' rows pad it
     leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
     objective = (policy.log_prob(observations, actions, leaves) * coefficients).sum()
     gradient = torch.autograd.grad(objective, list(leaves.values()), create_graph=True)
