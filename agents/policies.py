@@ -54,6 +54,12 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+OutputCurvature = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``(R{output}, tangents of the parameters outside the MLP) -> (R{∂L/∂output}, their Hessian products)``."""
+LogLikelihoodTerms = tuple[torch.Tensor, dict[str, torch.Tensor], OutputCurvature]
+"""A policy's ``_log_likelihood_terms``: ``∂L/∂output``, the other parameters' gradient, its ``OutputCurvature``."""
+
+
 class _CurvaturePass(NamedTuple):
     """The forward pass a curvature product (:meth:`_MLPPolicy.fisher_product`) reuses: the params' leading (task)
     shape, the sample rows kept per task (:func:`agents.curvature.nonzero_rows`), the params ``[T, ...]``, the kept
@@ -257,7 +263,7 @@ class _MLPPolicy(nn.Module):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    ) -> LogLikelihoodTerms:
         """For ``L = Σ_i c_i log π(actions_i)`` on ``[T, n]`` samples: ``∂L/∂output``, the gradient of the parameters
         outside the MLP, and the function of ``(R{output}, tangents of those parameters)`` giving ``R{∂L/∂output}``
         and their Hessian products."""
@@ -402,7 +408,7 @@ class GaussianMLPPolicy(_MLPPolicy):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    ) -> LogLikelihoodTerms:
         # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, MIN_LOG_STD):
         # in the mean μ the gradient is c (a - μ) / σ², in log σ it is c ((a - μ)² / σ² - 1); their second
         # derivatives follow, the clamp zeroing everything that goes through a clamped entry
@@ -480,7 +486,7 @@ class CategoricalMLPPolicy(_MLPPolicy):
         actions: torch.Tensor,
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
+    ) -> LogLikelihoodTerms:
         # log softmax(z)_a = z_a - logsumexp(z): gradient c (onehot(a) - p), Hessian -c (diag(p) - p pᵀ)
         probs = torch.softmax(output, dim=-1)
         weights = coefficients.unsqueeze(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -93,16 +94,22 @@ def test_conjugate_gradient_matches_solve_on_a_random_spd_matrix() -> None:
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=0, atol=1e-8)
 
 
+def recording(a: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor]]:
+    """``v -> a @ v`` and the list of the vectors it was called with."""
+    calls: list[torch.Tensor] = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        calls.append(v)
+        return a @ v
+
+    return matvec, calls
+
+
 def test_conjugate_gradient_stops_early_with_the_exact_solution() -> None:
     # in exact arithmetic CG solves an n x n system in n steps: 10 allowed iterations must stop after 5, at x*
     a = random_spd(5, seed=2)
     b = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    calls = []
-
-    def counting_matvec(v: torch.Tensor) -> torch.Tensor:
-        calls.append(v)
-        return a @ v
-
+    counting_matvec, calls = recording(a)
     x = conjugate_gradient(counting_matvec, b, iterations=10)
     assert len(calls) == 5
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=0, atol=1e-10)
@@ -113,12 +120,7 @@ def test_conjugate_gradient_returns_the_product_of_its_solution_without_another_
     # A x from the residual, b - r, after 4 of 8 possible iterations (x is not yet the solution)
     a = random_spd(8, seed=6)
     b = torch.randn(8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    calls = []
-
-    def counting_matvec(v: torch.Tensor) -> torch.Tensor:
-        calls.append(v)
-        return a @ v
-
+    counting_matvec, calls = recording(a)
     x, product = conjugate_gradient(counting_matvec, b, iterations=4, residual_tol=0.0, return_product=True)
     assert len(calls) == 4
     assert torch.linalg.vector_norm(a @ x - b) > 1e-3
@@ -137,12 +139,7 @@ def test_conjugate_gradient_does_not_mutate_b() -> None:
     a = random_spd(8, seed=4)
     b = torch.randn(8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     b_before = b.clone()
-    operator_inputs = []
-
-    def recording_matvec(v: torch.Tensor) -> torch.Tensor:
-        operator_inputs.append(v)
-        return a @ v
-
+    recording_matvec, operator_inputs = recording(a)
     x = conjugate_gradient(recording_matvec, b, iterations=8, residual_tol=0.0)
     assert torch.equal(b, b_before)
     assert x.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()

@@ -384,6 +384,19 @@ def test_bad_params_and_observations(policy) -> None:
         GaussianMLPPolicy(OBS_DIM, ACT_DIM, init_log_std=float("nan"))
 
 
+def assert_products_are_the_gradients_derivative(product, gradient, leaves) -> None:
+    """``product(v)`` equals the derivative of ``gradient`` (autograd's, of ``leaves``, with its graph) along random
+    ``v``: a Hessian-vector product by double backward."""
+    for _ in range(2):
+        vector = {name: torch.randn_like(value) for name, value in leaves.items()}
+        directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
+        expected = torch.autograd.grad(directional, list(leaves.values()), retain_graph=True)
+        got = product(vector)
+        assert list(got) == list(leaves)
+        for name, want in zip(leaves, expected, strict=True):
+            torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
 @pytest.mark.parametrize("lead", [(), (3,)])
 def test_fisher_product_equals_the_kl_hessian(kind, lead):
@@ -411,15 +424,7 @@ def test_fisher_product_equals_the_kl_hessian(kind, lead):
     leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
     weighted_kl = (kl(old, policy.distribution(observations, leaves)) * weights).sum()
     gradient = torch.autograd.grad(weighted_kl, list(leaves.values()), create_graph=True)
-    product = policy.fisher_product(observations, params, weights)
-    for _ in range(2):
-        vector = {name: torch.randn_like(value) for name, value in params.items()}
-        directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
-        expected = torch.autograd.grad(directional, list(leaves.values()), retain_graph=True)
-        got = product(vector)
-        assert list(got) == list(params)
-        for name, want in zip(leaves, expected, strict=True):
-            torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
+    assert_products_are_the_gradients_derivative(policy.fisher_product(observations, params, weights), gradient, leaves)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "categorical"])
@@ -459,11 +464,4 @@ def test_log_likelihood_derivatives_equal_autograd(kind, lead, activation, hidde
         # gradients (~1e6) agree to ~1e-10 of their largest entry, not entry by entry
         scale = want.abs().max().item()
         torch.testing.assert_close(gradient_got[name], want, rtol=1e-10, atol=1e-8 * max(1.0, scale), msg=name)
-    for _ in range(2):
-        vector = {name: torch.randn_like(value) for name, value in params.items()}
-        directional = sum((g * vector[name]).sum() for g, name in zip(gradient, leaves, strict=True))
-        expected = torch.autograd.grad(directional, list(leaves.values()), retain_graph=True)
-        got = product(vector)
-        assert list(got) == list(params)
-        for name, want in zip(leaves, expected, strict=True):
-            torch.testing.assert_close(got[name], want, rtol=1e-9, atol=1e-12, msg=name)
+    assert_products_are_the_gradients_derivative(product, gradient, leaves)
