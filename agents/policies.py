@@ -82,6 +82,18 @@ def _from_task_major(value: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor
     return value.reshape(*lead, *value.shape[1:]) if lead else value[0]
 
 
+def _task_major_dict(values: Mapping[str, torch.Tensor], lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """A dict shaped like the params as ``[T, ...]`` tensors (:func:`_task_major`)."""
+    return {name: _task_major(value, lead) for name, value in values.items()}
+
+
+def _flatten_samples(values: torch.Tensor, observations: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+    """``values`` shaped like ``observations`` without the last dim (plus trailing dims of their own, such as an
+    action's) as ``[T, N, ...]``: T tasks (1 unbatched), N samples each."""
+    sample_shape = observations.shape[len(lead) : -1]
+    return _task_major(values.reshape(*lead, math.prod(sample_shape), *values.shape[observations.dim() - 1 :]), lead)
+
+
 class _MLPPolicy(nn.Module):
     """An MLP from observations to ``out_dim`` outputs whose forward pass takes its parameters explicitly.
 
@@ -208,7 +220,7 @@ class _MLPPolicy(nn.Module):
         forward = self._curvature_pass(observations, params, weights)
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            tangents = self._layer_params(self._task_major(vector, forward.lead))
+            tangents = self._layer_params(_task_major_dict(vector, forward.lead))
             output_tangent = forward.mlp.tangent_forward(tangents).output
             cotangent = self._output_fisher(forward.mlp.output, forward.params, output_tangent)
             layer_products = forward.mlp.backward(cotangent * forward.weights.unsqueeze(-1))[0]
@@ -235,7 +247,7 @@ class _MLPPolicy(nn.Module):
         ``observations`` without the last dim; the gradient, ``v`` and ``H v`` are dicts shaped like ``params``.
         """
         forward = self._curvature_pass(observations, params, coefficients)
-        actions = gather_rows(self._flatten_samples(actions, observations, forward.lead), forward.rows)
+        actions = gather_rows(_flatten_samples(actions, observations, forward.lead), forward.rows)
         output_gradient, other_gradients, output_curvature = self._log_likelihood_terms(
             forward.mlp.output, actions, forward.weights, forward.params
         )
@@ -248,7 +260,7 @@ class _MLPPolicy(nn.Module):
             return {name: result[name] for name in names}
 
         def product(vector: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            task_vector = self._task_major(vector, forward.lead)
+            task_vector = _task_major_dict(vector, forward.lead)
             tangents = self._layer_params(task_vector)
             tangent_pass = forward.mlp.tangent_forward(tangents)
             output_error_tangent, other_products = output_curvature(tangent_pass.output, task_vector)
@@ -269,14 +281,6 @@ class _MLPPolicy(nn.Module):
         and their Hessian products."""
         raise NotImplementedError
 
-    def _flatten_samples(self, values: torch.Tensor, observations: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
-        """``values`` shaped like ``observations`` without the last dim (plus trailing dims of their own, such as an
-        action's) as ``[T, N, ...]``: T tasks (1 unbatched), N samples each."""
-        sample_shape = observations.shape[len(lead) : -1]
-        return _task_major(
-            values.reshape(*lead, math.prod(sample_shape), *values.shape[observations.dim() - 1 :]), lead
-        )
-
     def _curvature_pass(
         self, observations: torch.Tensor, params: Mapping[str, torch.Tensor], weights: torch.Tensor
     ) -> _CurvaturePass:
@@ -284,21 +288,16 @@ class _MLPPolicy(nn.Module):
         params = {name: value.detach() for name, value in self._resolve(params).items()}
         lead = self._check_shapes(observations, params)
         dtype = params["layers.0.weight"].dtype
-        flat_weights = self._flatten_samples(weights, observations, lead).to(dtype)
+        flat_weights = _flatten_samples(weights, observations, lead).to(dtype)
         rows = nonzero_rows(flat_weights)
-        flat_observations = self._flatten_samples(observations, observations, lead).to(dtype)
-        task_params = self._task_major(params, lead)
+        flat_observations = _flatten_samples(observations, observations, lead).to(dtype)
+        task_params = _task_major_dict(params, lead)
         mlp = MLPPass(gather_rows(flat_observations, rows), self._layer_params(task_params), self.activation)
         return _CurvaturePass(lead, rows, task_params, gather_rows(flat_weights, rows), mlp)
 
     def _layer_params(self, params: Mapping[str, torch.Tensor]) -> list[LayerParams]:
         """The layers' weights and biases of ``params`` (or of a tangent shaped like them)."""
         return [LayerParams(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]) for i in range(len(self.layers))]
-
-    @staticmethod
-    def _task_major(values: Mapping[str, torch.Tensor], lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
-        """A dict shaped like the params as ``[T, ...]`` tensors (:func:`_task_major`)."""
-        return {name: _task_major(value, lead) for name, value in values.items()}
 
     def _from_layer_params(self, layers: Sequence[LayerParams], lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Layer tensors ``[T, ...]`` as a dict with the params' names and leading shape."""
@@ -487,17 +486,16 @@ class CategoricalMLPPolicy(_MLPPolicy):
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
     ) -> LogLikelihoodTerms:
-        # log softmax(z)_a = z_a - logsumexp(z): gradient c (onehot(a) - p), Hessian -c (diag(p) - p pᵀ)
-        probs = torch.softmax(output, dim=-1)
+        # log softmax(z)_a = z_a - logsumexp(z): gradient c (onehot(a) - p), Hessian -c (diag(p) - p pᵀ), minus
+        # the KL's
         weights = coefficients.unsqueeze(-1)
         onehot = torch.nn.functional.one_hot(actions.long(), self.num_actions).to(output.dtype)
-        output_gradient = weights * (onehot - probs)
+        output_gradient = weights * (onehot - torch.softmax(output, dim=-1))
 
         def curvature(
             output_tangent: torch.Tensor, vector: Mapping[str, torch.Tensor]
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            probs_tangent = probs * output_tangent
-            return -weights * (probs_tangent - probs * probs_tangent.sum(dim=-1, keepdim=True)), {}
+            return -weights * self._output_fisher(output, params, output_tangent), {}
 
         return output_gradient, {}, curvature
 
