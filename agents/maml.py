@@ -222,10 +222,19 @@ class MAML:
     def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
         """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
         leading task dim, no graph), as TRPO's line search re-adapts at each candidate."""
+        return self._adapt_detached(params, inner, num_tasks)[0]
+
+    def _adapt_detached(
+        self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int
+    ) -> tuple[list[Params], list[tuple[float, HessianProduct]]]:
+        """:meth:`adaptation_points` and each step's size and inner-loss Hessian product at the point it left."""
         points = [_detach(batch_params(params, num_tasks))]
+        hessians = []
         for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
-            points.append(self._adaptation_step(points[-1], data, step_size)[0])
-        return points
+            point, hessian_product = self._adaptation_step(points[-1], data, step_size)
+            points.append(point)
+            hessians.append((step_size, hessian_product))
+        return points, hessians
 
     def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
         """The reference implementation of :meth:`adapt`: a Python loop over tasks, one at a time."""
@@ -405,12 +414,7 @@ class MAML:
         with ``J = (I - α_K H_K) ⋯ (I - α_1 H_1)`` (second order; the identity in first order), summed over tasks.
         """
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
-        points = [_detach(batch_params(theta, num_tasks))]
-        inner_hessians = []
-        for step_size, data in zip(self.step_sizes(len(batch.inner)), batch.inner, strict=True):
-            point, hessian_product = self._adaptation_step(points[-1], data, step_size)
-            points.append(point)
-            inner_hessians.append((step_size, hessian_product))
+        points, inner_hessians = self._adapt_detached(theta, batch.inner, num_tasks)
         with torch.no_grad():
             old_distribution = _detach_distribution(self.policy.distribution(batch.post.observations, points[-1]))
             old_log_probs = old_distribution.log_prob(batch.post.actions)
