@@ -73,7 +73,7 @@ class Navigation2DEnv(_PointRobotEnv):
     family: Navigation2D
 
     def _step_state(self, action: np.ndarray, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
-        bound = np.float32(self.family.action_space.high[0])
+        bound = np.float32(self.family.action_bound)
         displacement = np.clip(action, -bound, bound)
         if self.family.normalized_actions:
             displacement = np.float32(self.family.max_step) * displacement
@@ -91,7 +91,7 @@ class Navigation2DVectorEnv(_PointRobotVectorEnv):
     def _step_state(
         self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        bound = float(self.family.action_space.high[0])
+        bound = self.family.action_bound
         displacement = actions.clamp(-bound, bound)
         if self.family.normalized_actions:
             displacement = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device) * displacement
@@ -165,8 +165,9 @@ class Navigation2D(TaskFamily[GoalTask]):
         self.max_step = 0.1
         """The largest move per coordinate and step."""
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        bound = 1.0 if normalized_actions else self.max_step
-        self.action_space = gym.spaces.Box(-bound, bound, (2,), np.float32)
+        self.action_bound = 1.0 if normalized_actions else self.max_step
+        """Actions are clipped to ``[-action_bound, action_bound]``."""
+        self.action_space = gym.spaces.Box(-self.action_bound, self.action_bound, (2,), np.float32)
 
     def sample_tasks(self, rng: np.random.Generator, num_tasks: int) -> list[GoalTask]:
         check_count("num_tasks", num_tasks)
