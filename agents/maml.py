@@ -459,8 +459,7 @@ class MAML:
     def _inner_derivatives(self, point: Params, data: PolicyGradientData) -> tuple[Params, HessianProduct]:
         """Every task's inner-loss gradient at its parameters ``point`` and the product with its Hessian there."""
         # the inner loss -Σ_i A_i m_i log π_i / n_t is a weighted log-likelihood
-        task_steps = data.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (data.masks.dim() - 1))
-        coefficients = -data.advantages * data.masks / task_steps
+        coefficients = -data.advantages * _task_mean_weights(data.masks)
         return self.policy.log_likelihood_derivatives(data.observations, data.actions, point, coefficients)
 
     def _inner_hessians(
@@ -514,8 +513,7 @@ class MAML:
         """
         num_tasks = post.observations.shape[0]
         # the mean KL's weights: each task's real steps average, then the meta-batch's tasks do
-        task_steps = post.masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (post.masks.dim() - 1))
-        weights = post.masks / task_steps / (total_tasks or num_tasks)
+        weights = _task_mean_weights(post.masks) / (total_tasks or num_tasks)
         fisher_product = self.policy.fisher_product(post.observations, adapted, weights)
         damping = self.config.cg_damping
 
@@ -587,6 +585,11 @@ def _apply_adaptation_jacobian(vectors: Params, factors: Iterable[tuple[float, H
 def _masked_mean_per_task(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the real steps of each task: ``[T, E, H] -> [T]``."""
     return (values * masks).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1)
+
+
+def _task_mean_weights(masks: torch.Tensor) -> torch.Tensor:
+    """The weights of :func:`_masked_mean_per_task` per step: each real step's mask over its task's real steps."""
+    return masks / masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (masks.dim() - 1))
 
 
 def _detach(params: Params) -> Params:
