@@ -38,6 +38,15 @@ from typing import NamedTuple
 import torch
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh(x)`` computed as ``2 σ(2x) - 1`` (within 2e-7 of torch's ``tanh``).
+
+    torch's CPU tanh is not vectorised as well as its sigmoid: on the hidden layers of MAML's policies (25,600 to
+    2.6M elements, one thread) this form measured 20-45 % faster, and tanh is a fifth of a rollout step's time.
+    """
+    return torch.sigmoid(2.0 * x) * 2.0 - 1.0
+
+
 class LayerParams(NamedTuple):
     """One linear layer of a batch of tasks: ``weight`` ``[T, out, in]``, ``bias`` ``[T, out]``."""
 
@@ -68,7 +77,7 @@ class MLPPass:
             x = torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight.mT)
             if i < len(self.layers) - 1:
                 if activation == "tanh":
-                    x = torch.tanh(x)
+                    x = tanh(x)
                     self.derivatives.append(1.0 - x.square())
                 else:
                     x = torch.relu(x)

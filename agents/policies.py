@@ -37,10 +37,10 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from agents.curvature import LayerParams, MLPPass, gather_rows, nonzero_rows
+from agents.curvature import LayerParams, MLPPass, gather_rows, nonzero_rows, tanh
 from metarl.distributed import TaskShard, sample_actions
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": tanh, "relu": torch.relu}
 """Hidden-layer activations by name."""
 
 MIN_LOG_STD = math.log(1e-6)
