@@ -224,6 +224,13 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         if not reseed.any():
             return
         indices = np.flatnonzero(reseed)
+        has_task = all(self._tasks[i] is not None or self._pending_tasks[i] is not None for i in indices)
+        if self.draws_per_step == 0 and has_task:
+            # the keys feed only the per-step draws, which this family has none of: one NumPy generator per sub-env
+            # (~30 µs each, a tenth of a meta-batch's rollout) would be made for nothing
+            self._seeded[indices] = True
+            self._all_seeded = bool(self._seeded.all())
+            return
         keys = []
         for i in indices:
             rng, _ = seeding.np_random(seeds[i])
