@@ -94,10 +94,10 @@ class Navigation2DVectorEnv(_PointRobotVectorEnv):
         bound = self.family.action_bound
         displacement = actions.clamp(-bound, bound)
         if self.family.normalized_actions:
-            displacement = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device) * displacement
+            # a Python scalar meets a float32 tensor in float32: the single env's np.float32 product, bit for bit
+            displacement = self.family.max_step * displacement
         offset, distance = self._move(displacement)
-        tolerance = torch.tensor(self.family.goal_tolerance, dtype=torch.float32, device=self.device)
-        terminated = (offset.abs() < tolerance).all(dim=1)
+        terminated = (offset.abs() < self.family.goal_tolerance).all(dim=1)
         return -distance, terminated, {}
 
 
@@ -203,9 +203,8 @@ class SparsePointRobotVectorEnv(_PointRobotVectorEnv):
     def _step_state(
         self, actions: torch.Tensor, randomness: torch.Tensor
     ) -> tuple[torch.Tensor, None, dict[str, torch.Tensor]]:
-        max_step = torch.tensor(self.family.max_step, dtype=torch.float32, device=self.device)
-        _, distance = self._move(max_step * actions.clamp(-1.0, 1.0))
-        success = distance <= torch.tensor(self.family.goal_radius, dtype=torch.float32, device=self.device)
+        _, distance = self._move(self.family.max_step * actions.clamp(-1.0, 1.0))
+        success = distance <= self.family.goal_radius
         rewards = torch.where(success, 1.0 - distance, 0.0)
         return rewards, None, {"success": success}
 
