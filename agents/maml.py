@@ -290,9 +290,16 @@ class MAML:
         """TRPO's surrogate loss and mean KL(old ‖ new) on the post-adaptation episodes: this process's share of the
         averages over the ``total_tasks`` tasks of the meta-batch (default: these tasks are all of it)."""
         distribution = self.policy.distribution(post.observations, adapted)
-        ratio = torch.exp(distribution.log_prob(post.actions) - old_log_probs)
-        loss = -_masked_mean_per_task(ratio * post.advantages, post.masks).sum() / (total_tasks or post.masks.shape[0])
+        loss = self._surrogate_loss(distribution, post, old_log_probs, total_tasks)
         return loss, self._mean_kl(distribution, old_distribution, post.masks, total_tasks)
+
+    @staticmethod
+    def _surrogate_loss(
+        distribution: Any, post: PolicyGradientData, old_log_probs: torch.Tensor, total_tasks: int | None = None
+    ) -> torch.Tensor:
+        """:meth:`surrogate`'s loss for the new adapted policy's ``distribution`` on the post-adaptation episodes."""
+        ratio = torch.exp(distribution.log_prob(post.actions) - old_log_probs)
+        return -_masked_mean_per_task(ratio * post.advantages, post.masks).sum() / (total_tasks or post.masks.shape[0])
 
     @staticmethod
     def _mean_kl(
@@ -415,12 +422,13 @@ class MAML:
         """
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
         points, inner_hessians = self._adapt_detached(theta, batch.inner, num_tasks)
-        with torch.no_grad():
-            old_distribution = _detach_distribution(self.policy.distribution(batch.post.observations, points[-1]))
-            old_log_probs = old_distribution.log_prob(batch.post.actions)
         with torch.enable_grad():
             adapted = {name: value.clone().requires_grad_() for name, value in points[-1].items()}
-            loss, _ = self.surrogate(adapted, batch.post, old_log_probs, old_distribution, total_tasks)
+            # the old policy is the adapted one itself: one forward pass gives both (the ratio is 1 here)
+            distribution = self.policy.distribution(batch.post.observations, adapted)
+            old_distribution = _detach_distribution(distribution)
+            old_log_probs = old_distribution.log_prob(batch.post.actions)
+            loss = self._surrogate_loss(distribution, batch.post, old_log_probs, total_tasks)
             adapted_gradient = dict(zip(adapted, torch.autograd.grad(loss, list(adapted.values())), strict=True))
         if not second_order:
             inner_hessians = []
