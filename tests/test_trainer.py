@@ -252,15 +252,16 @@ def test_exponent_numbers_without_a_dot_are_numbers():
 def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsys):
     from agents.maml import MAML
 
-    original = MAML.surrogate
+    # the surrogate loss: its first evaluation is the first update's meta-gradient
+    original = MAML._surrogate_loss
     calls = {"count": 0}
 
-    def nan_on_the_first_update(self, adapted, post, old_log_probs, old_distribution, total_tasks=None):
-        loss, kl = original(self, adapted, post, old_log_probs, old_distribution, total_tasks)
+    def nan_on_the_first_update(distribution, post, old_log_probs, total_tasks=None):
+        loss = original(distribution, post, old_log_probs, total_tasks)
         calls["count"] += 1
-        return (loss * float("nan"), kl) if calls["count"] == 1 else (loss, kl)
+        return loss * float("nan") if calls["count"] == 1 else loss
 
-    monkeypatch.setattr(MAML, "surrogate", nan_on_the_first_update)
+    monkeypatch.setattr(MAML, "_surrogate_loss", staticmethod(nan_on_the_first_update))
     result = train(tiny_config(tmp_path))
     assert "skipped a meta-update: non-finite surrogate loss (nan)" in capsys.readouterr().err
     records = metrics_without_timings(result.run_dir)
