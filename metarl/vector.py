@@ -224,18 +224,24 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
         if not reseed.any():
             return
         indices = np.flatnonzero(reseed)
-        has_task = all(self._tasks[i] is not None or self._pending_tasks[i] is not None for i in indices)
-        if self.draws_per_step == 0 and has_task:
-            # the keys feed only the per-step draws, which this family has none of: one NumPy generator per sub-env
-            # (~30 µs each, a tenth of a meta-batch's rollout) would be made for nothing
-            self._seeded[indices] = True
-            self._all_seeded = bool(self._seeded.all())
-            return
+        # the keys feed only the per-step draws: a family with none needs a NumPy generator per sub-env (~30 µs each,
+        # a tenth of a meta-batch's rollout) only to draw a default task
+        if self.draws_per_step > 0 or not all(self._has_task(i) for i in indices):
+            self._draw_stream_keys(indices, seeds)
+        self._seeded[indices] = True
+        self._all_seeded = bool(self._seeded.all())
+
+    def _has_task(self, index: int) -> bool:
+        """Whether sub-env ``index`` has a task, active or waiting for its next reset."""
+        return self._tasks[index] is not None or self._pending_tasks[index] is not None
+
+    def _draw_stream_keys(self, indices: np.ndarray, seeds: list[int | None]) -> None:
+        """The new stream key of each sub-env in ``indices`` from its seed, and a default task for one without."""
         keys = []
         for i in indices:
             rng, _ = seeding.np_random(seeds[i])
             keys.append(draw_key(rng))
-            if self._tasks[i] is None and self._pending_tasks[i] is None:
+            if not self._has_task(i):
                 self._pending_tasks[i] = self.family.sample_tasks(rng, 1)[0]
                 self._num_pending += 1
         index = torch.as_tensor(indices, device=self.device)
@@ -244,8 +250,6 @@ class TorchVectorEnv(gym.vector.VectorEnv, Generic[TaskT]):
             self._draw_block_start += self.draws_per_step * self._draw_block_index[:, 0, 0]
         self._draw_block_start[index] = 0
         self._draw_block = self._draw_block_index = None  # the precomputed draws belong to the old keys
-        self._seeded[indices] = True
-        self._all_seeded = bool(self._seeded.all())
 
     def _reset_subenvs(self, mask: torch.Tensor) -> None:
         if self._num_pending:
