@@ -39,7 +39,13 @@ import numpy as np
 import torch
 
 from agents.policies import batch_params, make_policy
-from metarl.advantages import discounted_returns, fit_and_predict_linear_baseline, gae, normalize_advantages
+from metarl.advantages import (
+    average_weights,
+    discounted_returns,
+    fit_and_predict_linear_baseline,
+    gae,
+    normalize_advantages,
+)
 from metarl.distributed import TaskShard, Workers
 from metarl.evaluate import AdaptationCurve
 from metarl.optim import flatten_tensors, trpo_step, unflatten_like
@@ -59,6 +65,9 @@ class PolicyGradientData(NamedTuple):
     advantages: torch.Tensor
     """Normalised per task, 0 on padded steps."""
     masks: torch.Tensor
+    weights: torch.Tensor
+    """Each step's weight in its task's average (``config.weighting``, :func:`metarl.advantages.average_weights`):
+    every loss, KL and curvature product below is a weighted sum with these."""
 
 
 class MetaBatch(NamedTuple):
@@ -79,6 +88,8 @@ class MetaBatch(NamedTuple):
     shard: TaskShard
     """Which block of the meta-batch this process holds: the tensors above are those tasks' (all of them with one
     process); the losses average over ``shard.total`` tasks."""
+    episodes: list[EpisodeBatch]
+    """The episodes as collected, before each inner step and after the last (``K + 1`` batches)."""
 
 
 class MetaGradient(NamedTuple):
@@ -171,14 +182,15 @@ class MAML:
         advantages = gae(
             batch.rewards, values, batch.masks, self.config.gamma, self.config.gae_lambda, terminated=batch.terminated
         )
-        advantages = normalize_advantages(advantages, batch.masks)
-        return PolicyGradientData(batch.observations, batch.actions, advantages, batch.masks)
+        advantages = normalize_advantages(advantages, batch.masks, weighting=self.config.weighting)
+        weights = average_weights(batch.masks, self.config.weighting)
+        return PolicyGradientData(batch.observations, batch.actions, advantages, batch.masks, weights)
 
     # -- inner loop ------------------------------------------------------------------------------------------------
     def inner_losses(self, params: Params, data: PolicyGradientData) -> torch.Tensor:
         """REINFORCE loss of every task with its own parameters (leading task dim), shape ``[T]``."""
         log_probs = self.policy.log_prob(data.observations, data.actions, params)
-        return -_masked_mean_per_task(log_probs * data.advantages, data.masks)
+        return -_average_per_task(log_probs * data.advantages, data.weights)
 
     def _inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float) -> Params:
         """θ - α g for every parameter: α the configured step size, or Meta-SGD's learned per-entry one."""
@@ -261,17 +273,19 @@ class MAML:
         returns: list[float] = []
         task_returns: list[torch.Tensor] = []
         task_successes: list[torch.Tensor] = []
+        episodes: list[EpisodeBatch] = []
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
         for step_size in [*self.step_sizes(num_steps, evaluation), None]:
             batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)), shard=shard)
+            episodes.append(batch)
             returns.append(self.workers.sum_floats([batch.returns.mean(dim=1).sum()])[0] / shard.total)
             task_returns.append(batch.returns.mean(dim=1))
             if batch.successes is not None:
                 task_successes.append(batch.successes.mean(dim=1))
             data = self.process(batch)
             if step_size is None:
-                return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted, shard)
+                return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted, shard, episodes)
             inner.append(data)
             adapted = self._adaptation_step(
                 batch_params(params, len(tasks)) if adapted is None else adapted, data, step_size
@@ -291,7 +305,7 @@ class MAML:
         averages over the ``total_tasks`` tasks of the meta-batch (default: these tasks are all of it)."""
         distribution = self.policy.distribution(post.observations, adapted)
         loss = self._surrogate_loss(distribution, post, old_log_probs, total_tasks)
-        return loss, self._mean_kl(distribution, old_distribution, post.masks, total_tasks)
+        return loss, self._mean_kl(distribution, old_distribution, post.weights, total_tasks)
 
     @staticmethod
     def _surrogate_loss(
@@ -299,15 +313,16 @@ class MAML:
     ) -> torch.Tensor:
         """:meth:`surrogate`'s loss for the new adapted policy's ``distribution`` on the post-adaptation episodes."""
         ratio = torch.exp(distribution.log_prob(post.actions) - old_log_probs)
-        return -_masked_mean_per_task(ratio * post.advantages, post.masks).sum() / (total_tasks or post.masks.shape[0])
+        return -_average_per_task(ratio * post.advantages, post.weights).sum() / (total_tasks or post.masks.shape[0])
 
     @staticmethod
     def _mean_kl(
-        distribution: Any, old_distribution: Any, masks: torch.Tensor, total_tasks: int | None = None
+        distribution: Any, old_distribution: Any, weights: torch.Tensor, total_tasks: int | None = None
     ) -> torch.Tensor:
-        """This process's share of the mean over the meta-batch's tasks of each task's mean KL(old ‖ new)."""
+        """This process's share of the mean over the meta-batch's tasks of each task's average KL(old ‖ new), each
+        task's average taken with its step ``weights``."""
         kl = torch.distributions.kl_divergence(old_distribution, distribution)
-        return _masked_mean_per_task(kl, masks).sum() / (total_tasks or masks.shape[0])
+        return _average_per_task(kl, weights).sum() / (total_tasks or weights.shape[0])
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
         """One outer update of the meta-parameters: TRPO (``maml-trpo``) or PPO epochs (``maml-ppo``)."""
@@ -335,10 +350,10 @@ class MAML:
             ratio = torch.exp(distribution.log_prob(batch.post.actions) - old_log_probs)
             clipped_ratio = ratio.clamp(1.0 - config.ppo_clip, 1.0 + config.ppo_clip)
             objective = torch.min(ratio * batch.post.advantages, clipped_ratio * batch.post.advantages)
-            loss = -_masked_mean_per_task(objective, batch.post.masks).sum() / total_tasks
+            loss = -_average_per_task(objective, batch.post.weights).sum() / total_tasks
             if config.ppo_kl_coeff > 0:
                 pre_distribution = self.policy.distribution(pre.observations, theta)
-                pre_kl = self._mean_kl(pre_distribution, old_pre_distribution, pre.masks, total_tasks)
+                pre_kl = self._mean_kl(pre_distribution, old_pre_distribution, pre.weights, total_tasks)
                 loss = loss + config.ppo_kl_coeff * pre_kl
             # the whole meta-batch's loss decides, so that every process skips together
             (total_loss,) = self.workers.sum_floats([loss])
@@ -349,8 +364,8 @@ class MAML:
             self.workers.sum_gradients(self.optimizer_parameters())
             self.optimizer.step()
         with torch.no_grad():
-            clip_fraction = _masked_mean_per_task(((ratio - 1.0).abs() > config.ppo_clip).float(), batch.post.masks)
-            kl = self._mean_kl(distribution, old_distribution, batch.post.masks, total_tasks)
+            clip_fraction = _average_per_task(((ratio - 1.0).abs() > config.ppo_clip).float(), batch.post.weights)
+            kl = self._mean_kl(distribution, old_distribution, batch.post.weights, total_tasks)
         total_kl, total_clip_fraction = self.workers.sum_floats([kl, clip_fraction.sum() / total_tasks])
         return {
             "losses/ppo_loss": total_loss,
@@ -466,8 +481,8 @@ class MAML:
 
     def _inner_derivatives(self, point: Params, data: PolicyGradientData) -> tuple[Params, HessianProduct]:
         """Every task's inner-loss gradient at its parameters ``point`` and the product with its Hessian there."""
-        # the inner loss -Σ_i A_i m_i log π_i / n_t is a weighted log-likelihood
-        coefficients = -data.advantages * _task_mean_weights(data.masks)
+        # the inner loss -Σ_i w_i A_i log π_i is a weighted log-likelihood
+        coefficients = -data.advantages * data.weights
         return self.policy.log_likelihood_derivatives(data.observations, data.actions, point, coefficients)
 
     def _inner_hessians(
@@ -496,7 +511,12 @@ class MAML:
         keep = max(1, math.ceil(fraction * batch.post.observations.shape[1]))
 
         def subsample(data: PolicyGradientData) -> PolicyGradientData:
-            return PolicyGradientData(*(tensor[:, :keep] for tensor in data))
+            # the kept episodes' weights are drawn afresh, so that each task's still sum to 1
+            masks = data.masks[:, :keep]
+            weights = average_weights(masks, self.config.weighting)
+            return PolicyGradientData(
+                data.observations[:, :keep], data.actions[:, :keep], data.advantages[:, :keep], masks, weights
+            )
 
         if inner_hessians:
             inner_hessians = self._inner_hessians(points, [subsample(data) for data in batch.inner])
@@ -520,8 +540,8 @@ class MAML:
         θ per task, whose adjoint sums over tasks.
         """
         num_tasks = post.observations.shape[0]
-        # the mean KL's weights: each task's real steps average, then the meta-batch's tasks do
-        weights = _task_mean_weights(post.masks) / (total_tasks or num_tasks)
+        # the mean KL's weights: each task's average over its steps, then the meta-batch's tasks' mean
+        weights = post.weights / (total_tasks or num_tasks)
         fisher_product = self.policy.fisher_product(post.observations, adapted, weights)
         damping = self.config.cg_damping
 
@@ -590,14 +610,10 @@ def _apply_adaptation_jacobian(vectors: Params, factors: Iterable[tuple[float, H
     return vectors
 
 
-def _masked_mean_per_task(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over the real steps of each task: ``[T, E, H] -> [T]``."""
-    return (values * masks).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1)
-
-
-def _task_mean_weights(masks: torch.Tensor) -> torch.Tensor:
-    """The weights of :func:`_masked_mean_per_task` per step: each real step's mask over its task's real steps."""
-    return masks / masks.flatten(1).sum(dim=1).reshape(-1, *[1] * (masks.dim() - 1))
+def _average_per_task(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each task's average of ``values`` with its step ``weights`` (:attr:`PolicyGradientData.weights`):
+    ``[T, E, H] -> [T]``."""
+    return (values * weights).flatten(1).sum(dim=1)
 
 
 def _detach(params: Params) -> Params:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "WEIGHTINGS",
+    "average_weights",
     "discounted_returns",
     "fit_and_predict_linear_baseline",
     "fit_linear_baseline",
@@ -27,6 +29,9 @@ __all__ = [
     "linear_baseline_values",
     "normalize_advantages",
 ]
+
+WEIGHTINGS = ("episode", "step")
+"""How an average over a task's episodes of unequal length weighs them (:func:`average_weights`)."""
 
 MAX_REG_INCREASES = 5
 """How many times ``fit_linear_baseline`` multiplies the ridge coefficient of a failing task by 10 before raising."""
@@ -108,19 +113,62 @@ def gae(
     return _reverse_discounted_sum(deltas, (gamma * lam) * continues.to(deltas.dtype))
 
 
-def normalize_advantages(advantages: torch.Tensor, masks: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Standardise advantages per task: subtract the masked mean, divide by the masked (population) std plus ``eps``.
+def average_weights(masks: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The weights of each task's average over its real steps: ``Σ w · x`` is the average of ``x``.
 
-    Each task is normalised over all of its real steps (every dim but the first), as pytorch-maml-rl's
-    ``weighted_normalize`` does on each task's batch, so that every task weighs the same in a meta-batch loss.
+    When episodes end early (a termination), their lengths differ and two averages are in use:
+
+    * ``"episode"``: every episode of a task weighs the same and its real steps share that weight,
+      ``w = 1 / (E_t L_e)`` (``E_t`` the task's episodes, ``L_e`` the episode's length): each episode's time-average,
+      then the mean over episodes. pytorch-maml-rl's ``weighted_mean`` / ``weighted_normalize``.
+    * ``"step"``: every real step of a task weighs the same, ``w = 1 / n_t`` (``n_t`` the task's real steps), so a
+      long episode counts more than a short one. rllab's flattened samples (the MAML paper's code), and
+      Stable-Baselines3's rollout buffer.
+
+    With episodes of equal length the two are the same average.
 
     Args:
-        advantages: ``[T, ...]`` advantages, task dim first (e.g. ``[T, E, H]``).
-        masks: ``[T, ...]``, 1 on real steps and 0 on padding.
+        masks: ``[T, ..., H]``, 1 on real steps and 0 on padding; every dim between the first (tasks) and the last
+            (time) indexes episodes.
+        weighting: ``"episode"`` or ``"step"``.
+
+    Returns:
+        ``[T, ..., H]`` weights in the dtype of ``masks`` (float32 if it is not floating point), 0 on padding, summing
+        to 1 over each task that has a real step (a task without one gets all zeros).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
+    if masks.dim() < 2:
+        raise ValueError(f"masks must be [T, ..., H] with at least 2 dims, got shape {tuple(masks.shape)}")
+    dtype = masks.dtype if masks.is_floating_point() else torch.float32
+    valid = (masks != 0).to(dtype)
+    task_dims = tuple(range(1, masks.dim()))
+    if weighting == "step":
+        return valid / valid.sum(dim=task_dims, keepdim=True).clamp(min=1)
+    lengths = valid.sum(dim=-1, keepdim=True)
+    # episodes without a real step (none in a collected batch) take no share of the task's weight
+    episodes = (lengths > 0).to(dtype).sum(dim=task_dims, keepdim=True).clamp(min=1)
+    return valid / (lengths.clamp(min=1) * episodes)
+
+
+def normalize_advantages(
+    advantages: torch.Tensor, masks: torch.Tensor, *, weighting: str, eps: float = 1e-8
+) -> torch.Tensor:
+    """Standardise advantages per task: subtract the weighted mean, divide by the weighted (population) std + ``eps``.
+
+    The mean and the variance are the task's averages under ``weighting`` (:func:`average_weights`): with
+    ``"episode"`` this is pytorch-maml-rl's ``weighted_normalize`` (the mean of per-episode means, the mean of
+    per-episode mean squares), with ``"step"`` rllab's ``center_adv`` over a task's flattened steps. Every task is
+    normalised on its own, so that every task weighs the same in a meta-batch loss.
+
+    Args:
+        advantages: ``[T, ..., H]`` advantages, task dim first, time last (e.g. ``[T, E, H]``).
+        masks: ``[T, ..., H]``, 1 on real steps and 0 on padding.
+        weighting: ``"episode"`` or ``"step"``.
         eps: added to the std, so that a task whose advantages are all equal maps to 0 instead of NaN.
 
     Returns:
-        ``[T, ...]`` normalised advantages, 0 where ``masks`` is 0.
+        ``[T, ..., H]`` normalised advantages, 0 where ``masks`` is 0.
     """
     if advantages.dim() < 2:
         raise ValueError(f"advantages must be [T, ...] with at least 2 dims, got shape {tuple(advantages.shape)}")
@@ -129,13 +177,11 @@ def normalize_advantages(advantages: torch.Tensor, masks: torch.Tensor, eps: flo
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     valid = masks != 0
+    weights = average_weights(masks, weighting).to(advantages.dtype)
     dims = tuple(range(1, advantages.dim()))
-    # a task without a real step gets count 1 (and sums of 0) instead of 0 / 0
-    count = valid.sum(dim=dims, keepdim=True).clamp(min=1).to(advantages.dtype)
-    masked = torch.where(valid, advantages, 0.0)
-    mean = masked.sum(dim=dims, keepdim=True) / count
+    mean = (weights * torch.where(valid, advantages, 0.0)).sum(dim=dims, keepdim=True)
     centered = torch.where(valid, advantages - mean, 0.0)
-    std = (centered.square().sum(dim=dims, keepdim=True) / count).sqrt()
+    std = (weights * centered.square()).sum(dim=dims, keepdim=True).sqrt()
     return centered / (std + eps)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from metarl.advantages import WEIGHTINGS
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ALGORITHMS = ("maml-trpo", "maml-ppo", "reptile", "rl2", "pretrain-trpo", "oracle-ppo", "random", "classical")
 
@@ -74,6 +76,11 @@ class TrainConfig:
     """Discount factor."""
     gae_lambda: float = 1.0
     """GAE λ for the advantages (1.0: discounted return minus the linear baseline)."""
+    weighting: str = "episode"
+    """maml-trpo, maml-ppo, pretrain-trpo: how a task's average over episodes of unequal length (an early termination)
+    weighs them, in the advantage normalisation, the inner loss, the surrogate, the KL and TRPO's curvature alike:
+    ``episode`` (each episode's time-average, then the mean over episodes: pytorch-maml-rl) or ``step`` (every real
+    step the same: rllab, the MAML paper's code). Equal-length episodes make them the same."""
 
     # -- outer loop (TRPO) ------------------------------------------------------------------------------------------
     max_kl: float = 0.01
@@ -270,6 +277,8 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if config.weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {config.weighting!r}")
     if not 0.0 < config.curvature_fraction <= 1.0:
         raise ValueError(f"curvature_fraction must be in (0, 1], got {config.curvature_fraction}")
     if not 0.0 < config.line_search_backtrack_ratio < 1.0:

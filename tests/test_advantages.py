@@ -9,6 +9,8 @@ import torch
 
 from metarl.advantages import (
     MAX_REG_INCREASES,
+    WEIGHTINGS,
+    average_weights,
     discounted_returns,
     fit_and_predict_linear_baseline,
     fit_linear_baseline,
@@ -315,22 +317,66 @@ def test_normalize_advantages_hand_example():
     # task 0: mean 2, population std sqrt(2 / 3); task 1: std 0, so everything maps to 0
     scale = (2.0 / 3.0) ** -0.5
     expected = torch.tensor([[[-scale, 0.0, scale, 0.0]], [[0.0, 0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(normalize_advantages(advantages, masks), expected)
+    for weighting in WEIGHTINGS:  # one episode per task: the two weightings agree
+        torch.testing.assert_close(normalize_advantages(advantages, masks, weighting=weighting), expected)
 
 
-def test_normalize_advantages_has_masked_mean_zero_and_std_one_per_task():
+def test_step_weighting_normalises_over_a_tasks_real_steps():
     generator = torch.Generator().manual_seed(9)
     masks = random_masks(generator, (4, 5, 6))
     # each task on its own scale and offset
     advantages = torch.randn(4, 5, 6, generator=generator, dtype=torch.float64) * torch.tensor(
         [0.1, 1.0, 10.0, 100.0], dtype=torch.float64
     ).reshape(4, 1, 1) + torch.arange(4, dtype=torch.float64).reshape(4, 1, 1)
-    normalized = normalize_advantages(advantages, masks)
+    normalized = normalize_advantages(advantages, masks, weighting="step")
     assert normalized[masks == 0].eq(0).all()
     for t in range(4):
         real = normalized[t][masks[t] != 0]
         torch.testing.assert_close(real.mean(), torch.tensor(0.0, dtype=torch.float64))
         torch.testing.assert_close(real.std(correction=0), torch.tensor(1.0, dtype=torch.float64))
+
+
+def episode_weighted_normalize(advantages: torch.Tensor, lengths: list[int], eps: float = 1e-8) -> torch.Tensor:
+    """pytorch-maml-rl's ``weighted_normalize`` for one task, written out: ``advantages`` ``[H, E]`` (time first,
+    as it lays episodes out) with episode ``e`` real on its first ``lengths[e]`` steps."""
+    num_episodes = advantages.shape[1]
+    real = [advantages[: lengths[e], e] for e in range(num_episodes)]
+    mean = sum(episode.mean() for episode in real) / num_episodes  # the mean of the episodes' time-averages
+    mean_square = sum((episode - mean).square().mean() for episode in real) / num_episodes
+    out = torch.zeros_like(advantages)
+    for e in range(num_episodes):
+        out[: lengths[e], e] = (real[e] - mean) / (mean_square.sqrt() + eps)
+    return out
+
+
+def test_episode_weighting_is_pytorch_maml_rls_weighted_normalize():
+    generator = torch.Generator().manual_seed(11)
+    masks = random_masks(generator, (3, 5, 7))
+    advantages = torch.randn(3, 5, 7, generator=generator, dtype=torch.float64) * 3.0 + 1.0
+    normalized = normalize_advantages(advantages, masks, weighting="episode")
+    for t in range(3):
+        lengths = [int(length) for length in masks[t].sum(dim=-1)]
+        expected = episode_weighted_normalize(advantages[t].T, lengths).T
+        torch.testing.assert_close(normalized[t], expected)
+    # unequal lengths make it another normalisation than the step weighting's
+    assert not torch.allclose(normalized, normalize_advantages(advantages, masks, weighting="step"))
+
+
+def test_average_weights_sum_to_one_per_task_and_give_each_episode_its_share():
+    generator = torch.Generator().manual_seed(12)
+    masks = random_masks(generator, (3, 4, 6))
+    lengths = masks.sum(dim=-1)
+    episode = average_weights(masks, "episode")
+    step = average_weights(masks, "step")
+    for weights in (episode, step):
+        torch.testing.assert_close(weights.sum(dim=(1, 2)), torch.ones(3))
+        assert weights[masks == 0].eq(0).all()
+    torch.testing.assert_close(episode.sum(dim=-1), torch.full((3, 4), 0.25))  # E = 4 episodes, equal shares
+    torch.testing.assert_close(step.sum(dim=-1), lengths / lengths.sum(dim=-1, keepdim=True))
+    full = torch.ones(2, 3, 5)
+    torch.testing.assert_close(average_weights(full, "episode"), average_weights(full, "step"))
+    with pytest.raises(ValueError, match="unknown weighting 'trial'; allowed: episode, step"):
+        average_weights(masks, "trial")
 
 
 # -- padding is ignored ----------------------------------------------------------------------------------------------
@@ -356,7 +402,8 @@ def test_padded_entries_do_not_change_any_result():
             features,
             fit_linear_baseline(features, returns, masks),
             fit_and_predict_linear_baseline(observations, returns, masks),
-            normalize_advantages(advantages, masks),
+            normalize_advantages(advantages, masks, weighting="episode"),
+            normalize_advantages(advantages, masks, weighting="step"),
         )
 
     clean = results(with_padding(rewards, masks, 0.0), values, observations, terminated)

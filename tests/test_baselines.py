@@ -40,8 +40,7 @@ def test_pretraining_objective_has_no_inner_loop():
     loss, _ = agent.surrogate(adapted, batch.post, old.log_prob(batch.post.actions).detach(), old)
     gradient = torch.autograd.grad(loss, list(theta.values()))
     log_probs = agent.policy.log_prob(batch.post.observations, batch.post.actions)
-    masks = batch.post.masks
-    per_task = (log_probs * batch.post.advantages * masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    per_task = (log_probs * batch.post.advantages * batch.post.weights).flatten(1).sum(1)
     expected = torch.autograd.grad(-per_task.mean(), list(theta.values()))
     torch.testing.assert_close(flatten_tensors(gradient), flatten_tensors(expected))
 

@@ -154,7 +154,7 @@ def test_kl_hessian_vector_product_equals_double_backward(num_inner_steps, env_i
     # naive: differentiate the KL through the adaptation twice (third derivatives of the inner loss included)
     adapted = agent.adapt(theta, batch.inner, create_graph=True)
     old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(adapted)))
-    kl = agent._mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.masks)
+    kl = agent._mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.weights)
     kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
     generator = torch.Generator().manual_seed(5)
     for _ in range(3):

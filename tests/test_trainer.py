@@ -204,6 +204,7 @@ class _MultiDiscreteFamily(TaskFamily):
         (["meta_batch_size=0"], "meta_batch_size must be >= 1, got 0"),
         (["num_tasks=100", "eval_tasks=5", "test_tasks=20"], "test_tasks 20 exceeds the 10 tasks of its split"),
         (["max_kl=-1"], "max_kl must be a finite number > 0"),
+        (["weighting=trial"], "weighting must be one of episode, step, got 'trial'"),
         (["no_such_field=3"], "unknown config fields ['no_such_field']"),
         (["seed=abc"], "config seed must be an integer, got 'abc'"),
         (["family=MetaRL/MultiDiscreteProbe-v0"], "MultiDiscrete"),
