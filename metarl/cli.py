@@ -190,23 +190,25 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, iterations=extend_to)
     if not is_main_process():
         return 0  # under torchrun, rank 0 reports
-    success = result.test_success
     if result.curve_label == "step":
         print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")
         labels = ["before" if k == 0 else f"step {k}" for k in range(len(result.test_returns))]
-        values = result.test_returns
-        success_values = success
+        shown = range(len(result.test_returns))
     else:
         num_episodes = len(result.test_returns)
         print(f"held-out test tasks (trials of {num_episodes} episodes), mean return of episodes and of the trial:")
         shown = range(num_episodes) if num_episodes <= 10 else [0, 1, 2, num_episodes - 2, num_episodes - 1]
         labels = [*(f"ep {k + 1}" for k in shown), "trial"]
-        values = [*(result.test_returns[k] for k in shown), sum(result.test_returns)]
-        success_values = None if success is None else [success[k] for k in shown]
-    print("  " + "  ".join(f"{label:>8s}" for label in labels))
-    print("  " + "  ".join(f"{value:8.2f}" for value in values))
-    if success_values is not None:
-        print("  " + "  ".join(f"{value:8.1%}" for value in success_values) + "   success rate")
+    print(" " * 22 + "  ".join(f"{label:>8s}" for label in labels))
+    kept = "final" if result.kept_iteration is None else f"kept (iteration {result.kept_iteration})"
+    rows = [(kept, result.test_returns, result.test_success)]
+    if result.kept_iteration != result.iterations and result.last_test_returns is not None:
+        rows.append((f"last (iteration {result.iterations})", result.last_test_returns, result.last_test_success))
+    for name, returns, success in rows:
+        values = [returns[k] for k in shown] + ([] if result.curve_label == "step" else [sum(returns)])
+        print(f"  {name:<20s}" + "  ".join(f"{value:8.2f}" for value in values))
+        if success is not None:
+            print(" " * 22 + "  ".join(f"{success[k]:8.1%}" for k in shown) + "   success rate")
     print(f"run folder: {result.run_dir}  ({result.iterations} iterations, {result.minutes:.1f} min)")
     return 0
 

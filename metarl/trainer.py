@@ -78,6 +78,13 @@ class RunResult:
     """Wall-clock minutes of this invocation."""
     test_success: list[float] | None = None
     """Success rate on the test tasks at each point, where the family defines success (``info["success"]``)."""
+    kept_iteration: int | None = None
+    """The iteration whose parameters validation kept (and ``test_returns`` measures); ``None``: none was kept."""
+    last_test_returns: list[float] | None = None
+    """The same test tasks, episodes and seeds with the *last* parameters: a run that degraded after the kept
+    iteration shows here, where validation-based selection would hide it."""
+    last_test_success: list[float] | None = None
+    """The last parameters' success rate, where the family defines success."""
 
 
 def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device, workers: Workers | None = None) -> Any:
@@ -251,17 +258,25 @@ def _train(
     if config.progress and workers.is_main:
         print(file=sys.stderr)
 
-    # final evaluation on held-out test tasks, with the parameters kept by validation (rank 0 reads them)
+    # final evaluation on held-out test tasks: the last parameters, then the ones kept by validation (rank 0 reads
+    # them), on the same tasks with the same seed
+    test_tasks = _first_tasks(split.test, config.test_tasks)
+
+    def test_curve() -> tuple[list[float], list[float] | None]:
+        curve = agent.adaptation_curve(
+            test_tasks, np.random.default_rng([config.seed, 2**20]), agent.default_num_points()
+        )
+        return curve.means_over_tasks()
+
+    last_returns, last_success = test_curve()
     best_path = run_dir / BEST_CHECKPOINT
-    best_state = load_checkpoint(best_path)["agent"] if workers.is_main and best_path.is_file() else None
-    best_state = workers.broadcast(best_state)
-    if best_state is not None:
-        agent.load_state_dict(best_state)
-    test_rng = np.random.default_rng([config.seed, 2**20])
-    test_curve = agent.adaptation_curve(
-        _first_tasks(split.test, config.test_tasks), test_rng, agent.default_num_points()
-    )
-    test_returns, test_success = test_curve.means_over_tasks()
+    best = load_checkpoint(best_path) if workers.is_main and best_path.is_file() else None
+    kept_iteration = workers.broadcast(None if best is None else best["iteration"])
+    if kept_iteration is not None and kept_iteration != config.iterations:
+        agent.load_state_dict(workers.broadcast(best["agent"] if best is not None else None))
+        test_returns, test_success = test_curve()
+    else:  # the last parameters are the kept ones (or nothing was kept)
+        test_returns, test_success = last_returns, last_success
     result = RunResult(
         run_dir=run_dir,
         test_returns=test_returns,
@@ -270,6 +285,9 @@ def _train(
         test_success=test_success,
         iterations=config.iterations,
         minutes=(time.perf_counter() - started) / 60,
+        kept_iteration=kept_iteration,
+        last_test_returns=last_returns,
+        last_test_success=last_success,
     )
     if workers.is_main:
         results = {**dataclasses.asdict(result), "run_dir": str(run_dir)}

@@ -48,6 +48,32 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
     assert metrics_without_timings(other_seed.run_dir) != metrics_without_timings(first.run_dir)
 
 
+def test_results_give_the_last_parameters_test_return_beside_the_kept_ones(tmp_path, monkeypatch, capsys):
+    from agents.maml import MAML
+    from metarl.cli import main
+
+    # a validation score that falls at every evaluation: validation keeps iteration 2 of 4
+    scores = iter([-1.0, -2.0])
+    monkeypatch.setattr(MAML, "selection_score", lambda self, curve: next(scores))
+    result = train(tiny_config(tmp_path / "a"))
+    assert result.kept_iteration == 2 and result.iterations == 4
+    assert result.last_test_returns != result.test_returns
+    # a run that keeps its last parameters evaluates them once
+    scores = iter([-2.0, -1.0])
+    final = train(tiny_config(tmp_path / "b"))
+    assert final.kept_iteration == 4 and final.last_test_returns == final.test_returns
+    saved = json.loads((result.run_dir / "results.json").read_text())
+    assert saved["kept_iteration"] == 2 and saved["last_test_returns"] == result.last_test_returns
+
+    # the end-of-run table shows both rows
+    scores = iter([-1.0, -2.0])
+    monkeypatch.setattr(MAML, "selection_score", lambda self, curve: next(scores))
+    overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_TRAIN_CONFIG.items()]
+    assert main(["train", *overrides, f"run_root={tmp_path / 'c'}"]) == 0
+    table = capsys.readouterr().out
+    assert "kept (iteration 2)" in table and "last (iteration 4)" in table
+
+
 def test_progress_shows_each_iterations_wall_time_and_returns_for_every_agent(tmp_path, capsys):
     # the random agent times no parts of its step: the line must still show its real seconds per iteration
     result = train(tiny_config(tmp_path, algo="random", iterations=2, progress=True))
