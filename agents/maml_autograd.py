@@ -1,12 +1,12 @@
-"""MAML-TRPO written plainly: task by task, episode by episode, every derivative by autograd.
+"""MAML-TRPO written plainly: task by task, every derivative by autograd.
 
-This is pytorch-maml-rl's shape of the algorithm (one task at a time, episodes of their own lengths averaged as
-``weighted_mean`` does, the KL's Hessian by double backward through the graph of the adaptation) re-derived from the
-papers, without any of :mod:`agents.maml`'s batching, written-out curvature or reuse of passes. It is slow (a Python
-loop over tasks and episodes, third-order graphs) and exists to check the fast implementation against: the tests
-compare one whole meta-update on batches with early-terminated episodes, and ``scripts/maml_long_run.py
---autograd`` trains with it for hundreds of iterations, so that a fault of the fast implementation cannot pass for
-a property of MAML-TRPO.
+This is pytorch-maml-rl's shape of the algorithm (one task at a time, its padded episodes averaged with their
+lengths as ``weighted_mean`` does, the KL's Hessian by double backward through the graph of the adaptation)
+re-derived from the papers, without any of :mod:`agents.maml`'s batching over tasks, written-out curvature or reuse
+of passes. It is slow (a Python loop over tasks, third-order graphs) and exists to check the fast implementation
+against: the tests compare one whole meta-update on batches with early-terminated episodes, and
+``scripts/maml_long_run.py`` trains with it (``--autograd``) for hundreds of iterations, so that a fault of the fast
+implementation cannot pass for a property of MAML-TRPO.
 
 Where this differs from pytorch-maml-rl, on purpose (so that it computes what :class:`agents.maml.MAML` does):
 the KL is KL(old ‖ new) as in rllab (pytorch-maml-rl takes KL(new ‖ old); the two agree to second order, so the
@@ -19,36 +19,35 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from agents.maml import MAML, MetaBatch, _detach_distribution
+from agents.maml import MAML, MetaBatch
 from metarl.optim import flatten_tensors, unflatten_like
 from metarl.rollout import EpisodeBatch
 
 Params = dict[str, torch.Tensor]
 
 
-class TaskEpisodes:
-    """One task's episodes as a list of real-length tensors (no padding), with normalised advantages."""
+class TaskEpisodes(NamedTuple):
+    """One task's episodes, ``[E, H, ...]`` padded after each episode's end, with normalised advantages."""
 
-    def __init__(
-        self, observations: list[torch.Tensor], actions: list[torch.Tensor], advantages: list[torch.Tensor]
-    ) -> None:
-        self.observations = observations
-        self.actions = actions
-        self.advantages = advantages
+    observations: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor
+    masks: torch.Tensor
 
 
-def average(values: Sequence[torch.Tensor], weighting: str) -> torch.Tensor:
-    """The average over a task's episodes (a list of per-step tensors, one per episode, each of its own length):
-    ``episode``, the mean of the episodes' time-averages (pytorch-maml-rl's ``weighted_mean``); ``step``, the mean
-    over all their steps together (rllab's flattened samples)."""
+def weighted_mean(values: torch.Tensor, masks: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The average of one task's ``[E, H]`` ``values`` over its real steps: ``episode``, the mean of the episodes'
+    time-averages (pytorch-maml-rl's ``weighted_mean``, then ``.mean()``); ``step``, the mean over all real steps
+    (rllab's flattened samples)."""
+    masked = values * masks
     if weighting == "episode":
-        return torch.stack([episode.mean() for episode in values]).mean()
+        return (masked.sum(dim=1) / masks.sum(dim=1)).mean()
     if weighting == "step":
-        return torch.cat(list(values)).mean()
+        return masked.sum() / masks.sum()
     raise ValueError(f"unknown weighting {weighting!r}; allowed: episode, step")
 
 
@@ -56,52 +55,42 @@ def task_advantages(batch: EpisodeBatch, task: int, gamma: float, gae_lambda: fl
     """Task ``task``'s episodes with their advantages: a linear feature baseline fitted by ridge regression on the
     task's real steps, GAE over it (nothing bootstrapped after an episode's last step), then standardised with the
     weighting's mean and (population) variance, as pytorch-maml-rl's ``weighted_normalize``."""
-    lengths = [int(length) for length in batch.masks[task].sum(dim=-1)]
-    observations = [batch.observations[task, e, :length] for e, length in enumerate(lengths)]
-    actions = [batch.actions[task, e, :length] for e, length in enumerate(lengths)]
-    rewards = [batch.rewards[task, e, :length] for e, length in enumerate(lengths)]
+    masks = batch.masks[task]
+    rewards = batch.rewards[task] * masks
+    horizon = masks.shape[1]
 
     def discounted(values: torch.Tensor, discount: float) -> torch.Tensor:
-        out, running = [], torch.zeros((), dtype=values.dtype)
-        for value in reversed(values):
-            running = value + discount * running
+        """Backwards over time within each episode; the padding after an episode adds nothing."""
+        out, running = [], torch.zeros_like(values[:, 0])
+        for h in reversed(range(horizon)):
+            running = (values[:, h] + discount * running) * masks[:, h]
             out.append(running)
-        return torch.stack(out[::-1])
+        return torch.stack(out[::-1], dim=1)
 
-    returns = [discounted(episode, gamma) for episode in rewards]
-
-    def features(episode_observations: torch.Tensor) -> torch.Tensor:
-        time_feature = torch.arange(len(episode_observations), dtype=torch.float64).unsqueeze(-1) / 100.0
-        obs = episode_observations.reshape(len(episode_observations), -1).double()
-        return torch.cat(
-            [obs, obs**2, time_feature, time_feature**2, time_feature**3, torch.ones_like(time_feature)], 1
-        )
-
-    design = torch.cat([features(episode) for episode in observations])
-    targets = torch.cat(returns).double()
+    returns = discounted(rewards, gamma)
+    observations = batch.observations[task].reshape(*masks.shape, -1).double()
+    time_feature = (torch.arange(horizon, dtype=torch.float64) / 100.0).expand(masks.shape).unsqueeze(-1)
+    features = torch.cat(
+        [observations, observations**2, time_feature, time_feature**2, time_feature**3, torch.ones_like(time_feature)],
+        dim=-1,
+    )
+    real = masks.reshape(-1) != 0
+    design, targets = features.reshape(-1, features.shape[-1])[real], returns.reshape(-1)[real].double()
     gram = design.T @ design + 1e-5 * torch.eye(design.shape[1], dtype=torch.float64)
-    weights = torch.linalg.solve(gram, design.T @ targets)
+    values = (features @ torch.linalg.solve(gram, design.T @ targets)).to(rewards.dtype) * masks
+    next_values = torch.cat([values[:, 1:], values.new_zeros(values.shape[0], 1)], dim=1)  # 0 after the last step
+    advantages = discounted(rewards + gamma * next_values - values, gamma * gae_lambda)
 
-    raw = []
-    for episode_observations, episode_rewards in zip(observations, rewards, strict=True):
-        values = (features(episode_observations) @ weights).to(episode_rewards.dtype)
-        next_values = torch.cat([values[1:], values.new_zeros(1)])  # 0 after the last step
-        deltas = episode_rewards + gamma * next_values - values
-        raw.append(discounted(deltas, gamma * gae_lambda))
-    mean = average(raw, weighting)
-    std = average([(episode - mean) ** 2 for episode in raw], weighting).sqrt()
-    return TaskEpisodes(observations, actions, [(episode - mean) / (std + 1e-8) for episode in raw])
+    mean = weighted_mean(advantages, masks, weighting)
+    centered = (advantages - mean) * masks
+    std = weighted_mean(centered**2, masks, weighting).sqrt()
+    return TaskEpisodes(batch.observations[task], batch.actions[task], centered / (std + 1e-8), masks)
 
 
 def inner_loss(agent: MAML, params: Params, episodes: TaskEpisodes, weighting: str) -> torch.Tensor:
     """REINFORCE: minus the average of log π(a | s) · A over the task's steps."""
-    terms = [
-        agent.policy.log_prob(observations, actions, params) * advantages
-        for observations, actions, advantages in zip(
-            episodes.observations, episodes.actions, episodes.advantages, strict=True
-        )
-    ]
-    return -average(terms, weighting)
+    log_probs = agent.policy.log_prob(episodes.observations, episodes.actions, params)
+    return -weighted_mean(log_probs * episodes.advantages, episodes.masks, weighting)
 
 
 def adapt(agent: MAML, params: Params, inner: Sequence[TaskEpisodes], create_graph: bool) -> Params:
@@ -125,41 +114,34 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
         for t in range(num_tasks)
     ]
     theta = dict(agent.policy.named_parameters())
-
+    # the old policy: every task's adapted policy at the current meta-parameters
     old_distributions = []
     for task_episodes in per_task:
         adapted = adapt(agent, theta, task_episodes[:-1], create_graph=False)
-        post = task_episodes[-1]
-        old_distributions.append(
-            [agent.policy.distribution(obs, {k: v.detach() for k, v in adapted.items()}) for obs in post.observations]
-        )
+        old = agent.policy.distribution(task_episodes[-1].observations, {k: v.detach() for k, v in adapted.items()})
+        old_distributions.append(old)
 
     def surrogate_and_kl(params: Params, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean over tasks of the surrogate -E[π/π_old · A] and of KL(old ‖ new), at the adapted ``params``."""
         losses, kls = [], []
-        for task_episodes, olds in zip(per_task, old_distributions, strict=True):
+        for task_episodes, old in zip(per_task, old_distributions, strict=True):
             adapted = adapt(agent, params, task_episodes[:-1], create_graph=create_graph)
             post = task_episodes[-1]
-            ratios, kl_terms = [], []
-            for observations, actions, advantages, old in zip(
-                post.observations, post.actions, post.advantages, olds, strict=True
-            ):
-                new = agent.policy.distribution(observations, adapted)
-                ratios.append(torch.exp(new.log_prob(actions) - old.log_prob(actions).detach()) * advantages)
-                kl_terms.append(torch.distributions.kl_divergence(_detach_distribution(old), new))
-            losses.append(-average(ratios, weighting))
-            kls.append(average(kl_terms, weighting))
+            new = agent.policy.distribution(post.observations, adapted)
+            ratio = torch.exp(new.log_prob(post.actions) - old.log_prob(post.actions))
+            losses.append(-weighted_mean(ratio * post.advantages, post.masks, weighting))
+            kls.append(weighted_mean(torch.distributions.kl_divergence(old, new), post.masks, weighting))
         return torch.stack(losses).mean(), torch.stack(kls).mean()
 
     start = time.perf_counter()
-    loss, _ = surrogate_and_kl(theta, create_graph=True)
-    gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values())))
+    loss, kl = surrogate_and_kl(theta, create_graph=True)
+    gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
+    # the KL's Hessian by double backward through the adaptation's graph, built once
+    kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
 
     def hessian_vector_product(vector: torch.Tensor) -> torch.Tensor:
-        _, kl = surrogate_and_kl(theta, create_graph=True)
-        kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
-        product = flatten_tensors(torch.autograd.grad(kl_gradient @ vector, list(theta.values())))
-        return product + config.cg_damping * vector
+        product = torch.autograd.grad(kl_gradient @ vector, list(theta.values()), retain_graph=True)
+        return flatten_tensors(product) + config.cg_damping * vector
 
     direction = conjugate_gradient(hessian_vector_product, gradient, config.cg_iterations)
     step = direction * math.sqrt(2.0 * config.max_kl / float(direction @ hessian_vector_product(direction)))
