@@ -405,14 +405,28 @@ class MAML:
         hessian_vector_product = self._kl_hessian_vector_product(
             theta, meta.points[-1], curvature_hessians, curvature_post, total_tasks
         )
+        # the pre-adaptation policy, whose drift the post-adaptation trust region does not see
+        pre = batch.inner[0] if batch.inner else batch.post
+        old_pre_distribution = _detach_distribution(self.policy.distribution(pre.observations, meta.points[0]))
+        if config.pre_adaptation_trust_region:
+            hessian_vector_product = _sum_of_products(
+                hessian_vector_product, self._pre_adaptation_fisher_product(theta, meta.points[0], batch, total_tasks)
+            )
         curvature_setup_seconds = time.perf_counter() - start
 
+        def pre_adaptation_kl(candidate: Params) -> torch.Tensor:
+            distribution = self.policy.distribution(pre.observations, candidate)
+            return self._mean_kl(old_pre_distribution, distribution, pre.weights, total_tasks)
+
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
-            candidate_adapted = self.adaptation_points(unflatten_like(candidate, theta), batch.inner, num_tasks)[-1]
+            candidate_params = unflatten_like(candidate, theta)
+            candidate_adapted = self.adaptation_points(candidate_params, batch.inner, num_tasks)[-1]
             with torch.no_grad():
                 candidate_loss, candidate_kl = self.surrogate(
                     candidate_adapted, batch.post, meta.old_log_probs, meta.old_distribution, total_tasks
                 )
+                if config.pre_adaptation_trust_region:
+                    candidate_kl = candidate_kl + pre_adaptation_kl(candidate_params)
             total_loss, total_kl = self.workers.sum_floats([candidate_loss, candidate_kl])
             return total_loss, total_kl
 
@@ -420,10 +434,13 @@ class MAML:
             theta, gradient, hessian_vector_product, loss_and_kl, loss_value, curvature_setup_seconds
         )
         timings.update({f"time/{phase}": seconds for phase, seconds in step_timings.items()})
+        with torch.no_grad():
+            (pre_kl,) = self.workers.sum_floats([pre_adaptation_kl(_detach(theta))])
         return {
             "losses/surrogate_before": loss_value,
             "losses/surrogate_after": result.loss if result.accepted else loss_value,
             "losses/kl": result.kl if result.accepted else 0.0,
+            "losses/pre_adaptation_kl": pre_kl,
             "losses/line_search_accepted": float(result.accepted),
             "losses/step_fraction": result.step_fraction if result.accepted else 0.0,
             **timings,
@@ -505,22 +522,41 @@ class MAML:
         share of each task's episodes: the inner losses' Hessians on those episodes at the same parameters, and the
         Fisher on the same share of the post-adaptation episodes. First order (no Hessians): only the Fisher.
         """
-        fraction = self.config.curvature_fraction
-        if fraction >= 1.0:
+        if self.config.curvature_fraction >= 1.0:
             return inner_hessians, batch.post
-        keep = max(1, math.ceil(fraction * batch.post.observations.shape[1]))
-
-        def subsample(data: PolicyGradientData) -> PolicyGradientData:
-            # the kept episodes' weights are drawn afresh, so that each task's still sum to 1
-            masks = data.masks[:, :keep]
-            weights = average_weights(masks, self.config.weighting)
-            return PolicyGradientData(
-                data.observations[:, :keep], data.actions[:, :keep], data.advantages[:, :keep], masks, weights
-            )
-
         if inner_hessians:
-            inner_hessians = self._inner_hessians(points, [subsample(data) for data in batch.inner])
-        return inner_hessians, subsample(batch.post)
+            inner_hessians = self._inner_hessians(points, [self._curvature_share(data) for data in batch.inner])
+        return inner_hessians, self._curvature_share(batch.post)
+
+    def _curvature_share(self, data: PolicyGradientData) -> PolicyGradientData:
+        """The first ``curvature_fraction`` of each task's episodes (all of them in exact mode)."""
+        if self.config.curvature_fraction >= 1.0:
+            return data
+        keep = max(1, math.ceil(self.config.curvature_fraction * data.observations.shape[1]))
+        # the kept episodes' weights are drawn afresh, so that each task's still sum to 1
+        masks = data.masks[:, :keep]
+        weights = average_weights(masks, self.config.weighting)
+        return PolicyGradientData(
+            data.observations[:, :keep], data.actions[:, :keep], data.advantages[:, :keep], masks, weights
+        )
+
+    def _pre_adaptation_fisher_product(
+        self, theta: Params, pre_point: Params, batch: MetaBatch, total_tasks: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ F_pre v: the Fisher matrix of the mean KL of the pre-adaptation policies on the pre-adaptation episodes
+        (the fast mode's share of them), summed over processes."""
+        pre = self._curvature_share(batch.inner[0] if batch.inner else batch.post)
+        fisher_product = self.policy.fisher_product(pre.observations, pre_point, pre.weights / total_tasks)
+        num_tasks = pre.observations.shape[0]
+
+        def product(vector: torch.Tensor) -> torch.Tensor:
+            tangent = {
+                name: value.unsqueeze(0).expand(num_tasks, *value.shape)
+                for name, value in unflatten_like(vector, theta).items()
+            }
+            return self.workers.sum(flatten_tensors([value.sum(dim=0) for value in fisher_product(tangent).values()]))
+
+        return product
 
     def _kl_hessian_vector_product(
         self,
@@ -608,6 +644,13 @@ def _apply_adaptation_jacobian(vectors: Params, factors: Iterable[tuple[float, H
         hessian_vectors = hessian_product(vectors)
         vectors = {name: value - step_size * hessian_vectors[name] for name, value in vectors.items()}
     return vectors
+
+
+def _sum_of_products(
+    first: Callable[[torch.Tensor], torch.Tensor], second: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v ↦ A v + B v."""
+    return lambda vector: first(vector) + second(vector)
 
 
 def _average_per_task(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

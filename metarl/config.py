@@ -94,6 +94,10 @@ class TrainConfig:
     2.3x faster per meta-iteration on the Navigation2D preset, with the same held-out returns measured on three seeds;
     0.1 measured worse after two adaptation steps). The gradient, the adaptation and the line search always use every
     episode."""
+    pre_adaptation_trust_region: bool = False
+    """maml-trpo: bound the pre-adaptation policy's change too. TRPO's curvature adds that policy's Fisher matrix (on
+    the pre-adaptation episodes) and the line search checks the sum of the two mean KLs against ``max_kl``. Off: the
+    MAML paper's trust region, on the adapted policies only (``losses/pre_adaptation_kl`` logs the other)."""
     line_search_backtrack_ratio: float = 0.8
     """Step shrink factor of the backtracking line search."""
     line_search_max_steps: int = 15

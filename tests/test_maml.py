@@ -207,3 +207,42 @@ def test_fast_mode_curvature_is_symmetric_positive_definite_and_cheaper_data():
     assert metrics["losses/line_search_accepted"] == 1.0
     assert metrics["losses/kl"] <= agent.config.max_kl
     assert not torch.equal(before, flatten_tensors([value.detach() for value in theta.values()]))
+
+
+@pytest.mark.parametrize("curvature_fraction", [1.0, 0.5])
+def test_pre_adaptation_fisher_product_equals_double_backward(curvature_fraction):
+    agent, batch = make_agent(num_inner_steps=1)
+    agent.config.curvature_fraction = curvature_fraction
+    theta = dict(agent.policy.named_parameters())
+    points = agent.adaptation_points(theta, batch.inner, batch.shard.size)
+    product = agent._pre_adaptation_fisher_product(theta, points[0], batch, batch.shard.total)
+    # naive: the Hessian of the pre-adaptation policies' mean KL (on the curvature's share of the episodes) at θ
+    pre = agent._curvature_share(batch.inner[0])
+    assert pre.observations.shape[1] == (2 if curvature_fraction == 1.0 else 1)
+    old = _detach_distribution(agent.policy.distribution(pre.observations, _detach(theta)))
+    kl = agent._mean_kl(old, agent.policy.distribution(pre.observations, theta), pre.weights)
+    kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
+    generator = torch.Generator().manual_seed(6)
+    for _ in range(2):
+        vector = torch.randn(kl_gradient.shape, generator=generator, dtype=torch.float64)
+        naive = flatten_tensors(torch.autograd.grad(kl_gradient @ vector, list(theta.values()), retain_graph=True))
+        torch.testing.assert_close(product(vector), naive, rtol=1e-7, atol=1e-10)
+
+
+def test_pre_adaptation_trust_region_bounds_both_policies_kl():
+    metrics = {}
+    for bound_pre in (False, True):
+        agent, batch = make_agent(num_inner_steps=1)
+        agent.config.pre_adaptation_trust_region = bound_pre
+        theta = dict(agent.policy.named_parameters())
+        pre = batch.inner[0]
+        old_pre = _detach_distribution(agent.policy.distribution(pre.observations, _detach(theta)))
+        metrics[bound_pre] = agent.meta_update(batch)
+        assert metrics[bound_pre]["losses/line_search_accepted"] == 1.0
+        # the logged pre-adaptation KL is that of the step taken
+        pre_kl = agent._mean_kl(old_pre, agent.policy.distribution(pre.observations, _detach(theta)), pre.weights)
+        assert metrics[bound_pre]["losses/pre_adaptation_kl"] == pytest.approx(pre_kl.item(), rel=1e-9)
+    unbounded, bounded = metrics[False], metrics[True]
+    # bounded: the line search's KL is the sum of the two, within the trust region
+    assert bounded["losses/pre_adaptation_kl"] < bounded["losses/kl"] <= 0.01
+    assert bounded["losses/pre_adaptation_kl"] < unbounded["losses/pre_adaptation_kl"]
