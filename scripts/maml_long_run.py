@@ -13,7 +13,7 @@ parameters. A benchmark-style check (minutes to hours), not a test.
         --reference ../shared/reference/pytorch-maml-rl-navigation2d-200.csv --out docs/results/long-runs/default.json
 
 ``--autograd`` trains with :class:`agents.maml_autograd.AutogradMAML`: the same sampling and evaluation, the
-meta-update by plain autograd, task by task (several times slower).
+meta-update by plain autograd, task by task (several times slower). ``--float64`` computes in float64.
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 import envs  # noqa: F401 - registers the families
+from agents.maml import MAML
 from metarl import trainer
 from metarl.checkpoint import write_text_atomically
 from metarl.config import load_config, load_run_config
 from metarl.evaluate import evaluate_run
+from metarl.rollout import EpisodeBatch
 
 WINDOWS = [(0, 10), (10, 20), (20, 50), (50, 100), (100, 150), (150, 200), (200, 300), (300, 400), (400, 500)]
 """Iteration windows ``[start, end)`` of the training curve (those a run reaches), plus its last 20 iterations."""
@@ -47,12 +50,40 @@ def windowed(values: Sequence[float], windows: Sequence[tuple[int, int]]) -> dic
     return {f"{a}-{b - 1}": float(np.mean(values[a:b])) for a, b in windows if len(values) >= b}
 
 
+def float64_agent(agent_class: type[MAML]) -> type[MAML]:
+    """``agent_class`` computing in float64: the policy's parameters, its action sampling and every episode tensor
+    (the envs stay float32), to tell rounding from the algorithm."""
+
+    class Float64Agent(agent_class):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.policy.double()
+            policy_act = self.policy.act
+            self.policy.act = lambda observations, *a, **k: policy_act(observations.double(), *a, **k).float()
+
+        def collect(self, *args: Any, **kwargs: Any) -> EpisodeBatch:
+            batch = super().collect(*args, **kwargs)
+            return batch._replace(
+                **{
+                    name: getattr(batch, name).double()
+                    for name in ("observations", "actions", "rewards", "masks", "last_observations")
+                }
+            )
+
+    return Float64Agent
+
+
 def train_runs(args: argparse.Namespace) -> None:
+    agent_class = MAML
     if args.autograd:
         from agents.maml_autograd import AutogradMAML
 
-        # the trainer builds agents by algo name; the plain implementation is not an algorithm of its own
-        trainer.make_agent = lambda config, family, device, workers=None: AutogradMAML(family, config, device, workers)
+        agent_class = AutogradMAML
+    if args.float64:
+        agent_class = float64_agent(agent_class)
+    if agent_class is not MAML:
+        # the trainer builds agents by algo name; these variants are not algorithms of their own
+        trainer.make_agent = lambda config, family, device, workers=None: agent_class(family, config, device, workers)
     for seed in args.seeds:
         config = load_config(args.preset, [*args.overrides, f"seed={seed}", f"run_root={args.run_root}"])
         result = trainer.train(config)
@@ -137,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--preset", default=None)
     train.add_argument("--seeds", type=int, nargs="+", default=[0])
     train.add_argument("--autograd", action="store_true", help="the plain autograd meta-update")
+    train.add_argument("--float64", action="store_true", help="compute in float64 (the envs stay float32)")
     train.add_argument("--run-root", default="runs/long")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     summary = commands.add_parser("report", help="windowed curves and held-out returns of run folders")
