@@ -83,6 +83,21 @@ class EpisodeBatch(NamedTuple):
             return None
         return (self.infos[SUCCESS_KEY] > 0).any(dim=-1).to(torch.float32)  # padded steps hold 0
 
+    def with_float_dtype(self, dtype: torch.dtype) -> EpisodeBatch:
+        """The same episodes with every floating-point tensor (observations, continuous actions, rewards, masks, last
+        observations) in ``dtype``: float64 for checks that must tell rounding from the algorithm."""
+
+        def cast(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+        return self._replace(
+            observations=cast(self.observations),
+            actions=cast(self.actions),
+            rewards=cast(self.rewards),
+            masks=cast(self.masks),
+            last_observations=cast(self.last_observations),
+        )
+
 
 @torch.no_grad()
 def collect_episodes(

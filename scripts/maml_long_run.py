@@ -62,13 +62,7 @@ def float64_agent(agent_class: type[MAML]) -> type[MAML]:
             self.policy.act = lambda observations, *a, **k: policy_act(observations.double(), *a, **k).float()
 
         def collect(self, *args: Any, **kwargs: Any) -> EpisodeBatch:
-            batch = super().collect(*args, **kwargs)
-            return batch._replace(
-                **{
-                    name: getattr(batch, name).double()
-                    for name in ("observations", "actions", "rewards", "masks", "last_observations")
-                }
-            )
+            return super().collect(*args, **kwargs).with_float_dtype(torch.float64)
 
     return Float64Agent
 

@@ -37,15 +37,7 @@ def in_float64(agent: MAML, batch: MetaBatch) -> tuple[MAML, MetaBatch]:
     """A float64 copy of the agent and of the batch (advantages recomputed from the float64 episodes)."""
     agent = copy.deepcopy(agent)
     agent.policy.double()
-    episodes = [
-        episode._replace(
-            observations=episode.observations.double(),
-            actions=episode.actions.double(),
-            rewards=episode.rewards.double(),
-            masks=episode.masks.double(),
-        )
-        for episode in batch.episodes
-    ]
+    episodes = [episode.with_float_dtype(torch.float64) for episode in batch.episodes]
     data = [agent.process(episode) for episode in episodes]
     return agent, batch._replace(inner=data[:-1], post=data[-1], episodes=episodes)
 

@@ -42,15 +42,7 @@ def sampled_batch(weighting: str, num_inner_steps: int = 1) -> tuple[MAML, MetaB
     tasks = family.sample_tasks(np.random.default_rng(0), 3)
     batch = agent.sample(tasks, np.random.default_rng(1), num_inner_steps, evaluation=False)
     agent.policy.double()
-    episodes = [
-        episode._replace(
-            observations=episode.observations.double(),
-            actions=episode.actions.double(),
-            rewards=episode.rewards.double(),
-            masks=episode.masks.double(),
-        )
-        for episode in batch.episodes
-    ]
+    episodes = [episode.with_float_dtype(torch.float64) for episode in batch.episodes]
     # our processing of the float64 episodes, so that both sides start from the same numbers
     data = [agent.process(episode) for episode in episodes]
     batch = batch._replace(inner=data[:-1], post=data[-1], episodes=episodes, adapted=None)
