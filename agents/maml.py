@@ -134,7 +134,7 @@ class MAML:
         self.device = device
         self.workers = workers or Workers()
         self.policy = make_policy(
-            family.observation_space, family.action_space, config.hidden_sizes, config.activation
+            family.observation_space, family.action_space, config.hidden_sizes, config.activation, config.min_log_std
         ).to(device)
         self.learned_step_sizes: torch.nn.ParameterDict | None = None
         if config.meta_sgd:

@@ -351,6 +351,8 @@ class GaussianMLPPolicy(_MLPPolicy):
         hidden_sizes: widths of the hidden layers (may be empty: a linear policy).
         activation: hidden activation, one of ``ACTIVATIONS``.
         init_log_std: initial value of every entry of ``log_std``.
+        min_log_std: the log standard deviation is clamped from below here (``log_std`` below it gets no gradient);
+            the default, ``MIN_LOG_STD``, only guards against overflow, as pytorch-maml-rl's.
 
     References:
         Finn, Abbeel and Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
@@ -363,15 +365,16 @@ class GaussianMLPPolicy(_MLPPolicy):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         init_log_std: float = 0.0,
+        min_log_std: float = MIN_LOG_STD,
     ) -> None:
         action_dim = _check_positive_int("action_dim", action_dim)
-        if (
-            isinstance(init_log_std, bool)
-            or not isinstance(init_log_std, int | float)
-            or not math.isfinite(init_log_std)
-        ):
-            raise ValueError(f"init_log_std must be a finite real number, got {init_log_std!r}")
+        for name, value in (("init_log_std", init_log_std), ("min_log_std", min_log_std)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite real number, got {value!r}")
+        if init_log_std < min_log_std:
+            raise ValueError(f"init_log_std {init_log_std} is below min_log_std {min_log_std}")
         super().__init__(obs_dim, action_dim, hidden_sizes, activation)
+        self.min_log_std = float(min_log_std)
         self.action_dim = action_dim
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
 
@@ -399,7 +402,7 @@ class GaussianMLPPolicy(_MLPPolicy):
         log_std = params["log_std"]
         lead = log_std.dim() - 1
         total_weight = weights.flatten(lead).sum(-1).unsqueeze(-1) if lead else weights.sum()
-        return {"log_std": 2.0 * total_weight * (log_std >= MIN_LOG_STD) * vector["log_std"]}
+        return {"log_std": 2.0 * total_weight * (log_std >= self.min_log_std) * vector["log_std"]}
 
     def _log_likelihood_terms(
         self,
@@ -408,12 +411,12 @@ class GaussianMLPPolicy(_MLPPolicy):
         coefficients: torch.Tensor,
         params: Mapping[str, torch.Tensor],
     ) -> LogLikelihoodTerms:
-        # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, MIN_LOG_STD):
+        # log N(a; μ, σ) = -Σ_d (a - μ)_d² / 2σ_d² - log σ_d + const, with log σ = max(log_std, min_log_std):
         # in the mean μ the gradient is c (a - μ) / σ², in log σ it is c ((a - μ)² / σ² - 1); their second
         # derivatives follow, the clamp zeroing everything that goes through a clamped entry
         log_std = params["log_std"]  # [T, D]
-        active = (log_std >= MIN_LOG_STD).to(output.dtype)
-        precision = torch.exp(-2.0 * torch.clamp(log_std, min=MIN_LOG_STD)).unsqueeze(1)  # 1/σ², [T, 1, D]
+        active = (log_std >= self.min_log_std).to(output.dtype)
+        precision = torch.exp(-2.0 * torch.clamp(log_std, min=self.min_log_std)).unsqueeze(1)  # 1/σ², [T, 1, D]
         weights = coefficients.unsqueeze(-1)
         residual = actions.to(output.dtype) - output
         output_gradient = weights * residual * precision
@@ -439,7 +442,7 @@ class GaussianMLPPolicy(_MLPPolicy):
         lead = params["log_std"].dim() - 1
         middle = mean.dim() - lead - 1
         log_std = params["log_std"].reshape(*params["log_std"].shape[:-1], *([1] * middle), self.action_dim)
-        return torch.exp(torch.clamp(log_std, min=MIN_LOG_STD)).expand_as(mean)
+        return torch.exp(torch.clamp(log_std, min=self.min_log_std)).expand_as(mean)
 
 
 class CategoricalMLPPolicy(_MLPPolicy):
@@ -538,6 +541,7 @@ def make_policy(
     action_space: gym.Space,
     hidden_sizes: Sequence[int] = (64, 64),
     activation: str = "tanh",
+    min_log_std: float = MIN_LOG_STD,
 ) -> GaussianMLPPolicy | CategoricalMLPPolicy:
     """The MLP policy for a family's spaces: Gaussian for a 1-D Box action space, categorical for a Discrete one.
 
@@ -546,6 +550,7 @@ def make_policy(
         action_space: a Box with a 1-D shape, or a Discrete starting at 0.
         hidden_sizes: widths of the hidden layers.
         activation: hidden activation, one of ``ACTIVATIONS``.
+        min_log_std: the Gaussian policy's floor on its log standard deviation.
 
     Raises:
         ValueError: any other space (checked before anything is built), or bad ``hidden_sizes`` / ``activation``.
@@ -553,7 +558,9 @@ def make_policy(
     if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
         raise ValueError(f"make_policy needs a Box observation space of 1-D shape, got {observation_space!r}")
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-        return GaussianMLPPolicy(observation_space.shape[0], action_space.shape[0], hidden_sizes, activation)
+        return GaussianMLPPolicy(
+            observation_space.shape[0], action_space.shape[0], hidden_sizes, activation, min_log_std=min_log_std
+        )
     if isinstance(action_space, gym.spaces.Discrete) and int(action_space.start) == 0:
         return CategoricalMLPPolicy(observation_space.shape[0], int(action_space.n), hidden_sizes, activation)
     raise ValueError(

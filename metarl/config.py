@@ -62,6 +62,9 @@ class TrainConfig:
     """Hidden layer sizes of the MLP policy."""
     activation: str = "tanh"
     """Hidden activation: ``tanh`` or ``relu``."""
+    min_log_std: float = -13.815510557964274
+    """MAML and its baselines, Gaussian policies: the floor of the log standard deviation (log 1e-6 by default, only
+    an overflow guard, as pytorch-maml-rl's ``min_log_std``; rllab's ``min_std`` is the same knob)."""
 
     # -- inner loop -------------------------------------------------------------------------------------------------
     num_inner_steps: int = 1
@@ -281,6 +284,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if not (math.isfinite(config.min_log_std) and config.min_log_std <= 0.0):
+        raise ValueError(
+            f"min_log_std must be a finite number <= 0 (the initial log std is 0), got {config.min_log_std}"
+        )
     if config.weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {config.weighting!r}")
     if not 0.0 < config.curvature_fraction <= 1.0:

@@ -465,3 +465,26 @@ def test_log_likelihood_derivatives_equal_autograd(kind, lead, activation, hidde
         scale = want.abs().max().item()
         torch.testing.assert_close(gradient_got[name], want, rtol=1e-10, atol=1e-8 * max(1.0, scale), msg=name)
     assert_products_are_the_gradients_derivative(product, gradient, leaves)
+
+
+def test_a_raised_log_std_floor_holds_and_the_written_out_products_follow_it():
+    torch.manual_seed(2)
+    policy = GaussianMLPPolicy(3, 2, (5,), min_log_std=-1.0).double()
+    params = {name: value.detach().clone() for name, value in policy.named_parameters()}
+    params["log_std"][0] = -1.5  # below the floor: held at -1.0, no gradient
+    observations = torch.randn(4, 6, 3, dtype=torch.float64)
+    assert torch.allclose(
+        policy.distribution(observations, params).stddev[..., 0], torch.tensor(math.exp(-1.0)).double()
+    )
+    actions = policy.act(observations, params)
+    coefficients = torch.randn(4, 6, dtype=torch.float64)
+    leaves = {name: value.clone().requires_grad_() for name, value in params.items()}
+    objective = (policy.log_prob(observations, actions, leaves) * coefficients).sum()
+    gradient = torch.autograd.grad(objective, list(leaves.values()), create_graph=True)
+    gradient_got, product = policy.log_likelihood_derivatives(observations, actions, params, coefficients)
+    assert gradient_got["log_std"][0] == 0.0
+    for name, want in zip(leaves, gradient, strict=True):
+        torch.testing.assert_close(gradient_got[name], want, rtol=1e-10, atol=1e-10, msg=name)
+    assert_products_are_the_gradients_derivative(product, gradient, leaves)
+    with pytest.raises(ValueError, match=r"init_log_std 0\.0 is below min_log_std 0\.5"):
+        GaussianMLPPolicy(3, 2, min_log_std=0.5)
