@@ -118,7 +118,7 @@ def report(args: argparse.Namespace) -> None:
             held_out[checkpoint] = summary
         kept = torch.load(run_dir / "best.pt", weights_only=True)["iteration"]
         seconds = [record["time/iteration_s"] for record in records]
-        results["runs"][run_dir.name] = {
+        results["runs"][str(run_dir)] = {
             "config": {
                 key: getattr(config, key)
                 for key in ("family", "family_kwargs", "seed", "weighting", "curvature_fraction", "iterations")
@@ -130,7 +130,7 @@ def report(args: argparse.Namespace) -> None:
             "held_out": held_out,
             "median_iteration_s": float(np.median(seconds)),
         }
-        print(f"{run_dir.name}: kept {kept}; step 1 by window {windowed(post, windows)}")
+        print(f"{run_dir}: kept {kept}; step 1 by window {windowed(post, windows)}")
         for checkpoint, summary in held_out.items():
             print(f"  {checkpoint}: {summary}")
     if args.reference is not None:
