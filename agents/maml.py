@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from agents.policies import batch_params, make_policy
+from agents.policies import GaussianMLPPolicy, batch_params, make_policy
 from metarl.advantages import (
     average_weights,
     discounted_returns,
@@ -603,6 +603,9 @@ class MAML:
         metrics.update(self.meta_update(batch))
         for k, value in enumerate(batch.returns):
             metrics["meta/return_pre_adapt" if k == 0 else f"meta/return_step_{k}"] = value
+        if isinstance(self.policy, GaussianMLPPolicy):
+            # a shrinking std makes every fixed-size inner step larger in the policy's terms (docs/results/long-runs.md)
+            metrics["policy/log_std_mean"] = float(self.policy.log_std.detach().mean())
         return metrics
 
     def default_num_points(self) -> int:

@@ -125,6 +125,11 @@ def report(args: argparse.Namespace) -> None:
             },
             "train_return_pre_adapt": windowed(pre, windows),
             "train_return_step_1": windowed(post, windows),
+            **{
+                f"train_{key.split('/')[-1]}": windowed([record[key] for record in records], windows)
+                for key in ("losses/pre_adaptation_kl", "policy/log_std_mean")
+                if key in records[0]
+            },
             "validation_return_by_iteration": validation,
             "kept_iteration": kept,
             "held_out": held_out,
