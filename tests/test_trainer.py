@@ -95,6 +95,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_results(tmp_path):
     records = metrics_without_timings(result.run_dir)
     assert [record["iteration"] for record in records] == [1, 2, 3, 4]
     assert "validation/return_step_1" in records[1] and "validation/return_step_1" not in records[0]
+    assert all(record["policy/log_std_mean"] < 0.5 and "losses/pre_adaptation_kl" in record for record in records)
     assert result.test_success is None  # Navigation2D defines no success
     assert not any(key.startswith("validation/success") for record in records for key in record)
 
