@@ -416,7 +416,7 @@ class MAML:
 
         def pre_adaptation_kl(candidate: Params) -> torch.Tensor:
             distribution = self.policy.distribution(pre.observations, candidate)
-            return self._mean_kl(old_pre_distribution, distribution, pre.weights, total_tasks)
+            return self._mean_kl(distribution, old_pre_distribution, pre.weights, total_tasks)
 
         def loss_and_kl(candidate: torch.Tensor) -> tuple[float, float]:
             candidate_params = unflatten_like(candidate, theta)

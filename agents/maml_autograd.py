@@ -114,6 +114,8 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
         for t in range(num_tasks)
     ]
     theta = dict(agent.policy.named_parameters())
+    with torch.no_grad():  # the pre-adaptation policy before the update, for the logged drift
+        old_pre = [agent.policy.distribution(task_episodes[0].observations, theta) for task_episodes in per_task]
     # the old policy: every task's adapted policy at the current meta-parameters
     old_distributions = []
     for task_episodes in per_task:
@@ -162,10 +164,24 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
                 for parameter, value in zip(theta.values(), unflatten_like(candidate, theta).values(), strict=True):
                     parameter.copy_(value)
             break
+    with torch.no_grad():
+        pre_kl = torch.stack(
+            [
+                weighted_mean(
+                    torch.distributions.kl_divergence(
+                        old, agent.policy.distribution(task_episodes[0].observations, theta)
+                    ),
+                    task_episodes[0].masks,
+                    weighting,
+                )
+                for old, task_episodes in zip(old_pre, per_task, strict=True)
+            ]
+        ).mean()
     return {
         "losses/surrogate_before": old_loss,
         "losses/surrogate_after": new_loss,
         "losses/kl": new_kl,
+        "losses/pre_adaptation_kl": pre_kl.item(),
         "losses/line_search_accepted": float(accepted),
         "losses/step_fraction": fraction,
         "time/outer_update_s": time.perf_counter() - start,

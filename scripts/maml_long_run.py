@@ -43,7 +43,7 @@ WINDOWS = [(0, 10), (10, 20), (20, 50), (50, 100), (100, 150), (150, 200), (200,
 
 
 def windows_for(iterations: int) -> list[tuple[int, int]]:
-    return [(a, b) for a, b in WINDOWS if b <= iterations] + [(iterations - 20, iterations)]
+    return [(a, b) for a, b in WINDOWS if b <= iterations] + [(max(0, iterations - 20), iterations)]
 
 
 def windowed(values: Sequence[float], windows: Sequence[tuple[int, int]]) -> dict[str, float]:
@@ -75,14 +75,18 @@ def train_runs(args: argparse.Namespace) -> None:
         agent_class = AutogradMAML
     if args.float64:
         agent_class = float64_agent(agent_class)
+    make_agent = trainer.make_agent
     if agent_class is not MAML:
         # the trainer builds agents by algo name; these variants are not algorithms of their own
         trainer.make_agent = lambda config, family, device, workers=None: agent_class(family, config, device, workers)
-    for seed in args.seeds:
-        config = load_config(args.preset, [*args.overrides, f"seed={seed}", f"run_root={args.run_root}"])
-        result = trainer.train(config)
-        print(f"{result.run_dir}: kept iteration {result.kept_iteration}, held-out returns {result.test_returns}")
-        print(f"  last parameters: {result.last_test_returns}")
+    try:
+        for seed in args.seeds:
+            config = load_config(args.preset, [*args.overrides, f"seed={seed}", f"run_root={args.run_root}"])
+            result = trainer.train(config)
+            print(f"{result.run_dir}: kept iteration {result.kept_iteration}, held-out returns {result.test_returns}")
+            print(f"  last parameters: {result.last_test_returns}")
+    finally:
+        trainer.make_agent = make_agent
 
 
 def reference_curve(path: Path) -> dict[str, list[float]]:

@@ -133,7 +133,7 @@ def diagnose(run_dir: Path, checkpoint: Path, seed: int) -> dict:
         effects = step_effects(agent64, batch64, scale * direction)
         cosine = float(direction @ reference / (direction.norm() * reference.norm()))
         result["directions"][name] = {"cosine_with_exact_float64": cosine, **effects}
-    log_std = [value for name, value in agent.policy.named_parameters() if "log_std" in name]
+    log_std = [value.detach() for name, value in agent.policy.named_parameters() if "log_std" in name]
     result["mean_log_std"] = float(torch.cat([v.flatten() for v in log_std]).mean()) if log_std else math.nan
     return result
 

@@ -220,7 +220,7 @@ def test_pre_adaptation_fisher_product_equals_double_backward(curvature_fraction
     pre = agent._curvature_share(batch.inner[0])
     assert pre.observations.shape[1] == (2 if curvature_fraction == 1.0 else 1)
     old = _detach_distribution(agent.policy.distribution(pre.observations, _detach(theta)))
-    kl = agent._mean_kl(old, agent.policy.distribution(pre.observations, theta), pre.weights)
+    kl = agent._mean_kl(agent.policy.distribution(pre.observations, theta), old, pre.weights)
     kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
     generator = torch.Generator().manual_seed(6)
     for _ in range(2):
@@ -240,7 +240,7 @@ def test_pre_adaptation_trust_region_bounds_both_policies_kl():
         metrics[bound_pre] = agent.meta_update(batch)
         assert metrics[bound_pre]["losses/line_search_accepted"] == 1.0
         # the logged pre-adaptation KL is that of the step taken
-        pre_kl = agent._mean_kl(old_pre, agent.policy.distribution(pre.observations, _detach(theta)), pre.weights)
+        pre_kl = agent._mean_kl(agent.policy.distribution(pre.observations, _detach(theta)), old_pre, pre.weights)
         assert metrics[bound_pre]["losses/pre_adaptation_kl"] == pytest.approx(pre_kl.item(), rel=1e-9)
     unbounded, bounded = metrics[False], metrics[True]
     # bounded: the line search's KL is the sum of the two, within the trust region

@@ -112,7 +112,7 @@ def test_whole_trpo_meta_update_equals_plain_autograd(weighting):
     plain_metrics = maml_autograd.meta_update(plain_agent, batch.episodes)
     assert metrics["losses/line_search_accepted"] == plain_metrics["losses/line_search_accepted"] == 1.0
     assert metrics["losses/step_fraction"] == plain_metrics["losses/step_fraction"]
-    for key in ("losses/surrogate_before", "losses/surrogate_after", "losses/kl"):
+    for key in ("losses/surrogate_before", "losses/surrogate_after", "losses/kl", "losses/pre_adaptation_kl"):
         assert metrics[key] == pytest.approx(plain_metrics[key], rel=1e-7, abs=1e-12)
     ours = flatten_tensors([value.detach() for value in agent.policy.parameters()])
     plain = flatten_tensors([value.detach() for value in plain_agent.policy.parameters()])
