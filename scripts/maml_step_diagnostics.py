@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,9 @@ def in_float64(agent: MAML, batch: MetaBatch) -> tuple[MAML, MetaBatch]:
     return agent, batch._replace(inner=data[:-1], post=data[-1], episodes=episodes)
 
 
-def natural_direction(agent: MAML, batch: MetaBatch, fraction: float) -> tuple[torch.Tensor, torch.Tensor, callable]:
+def natural_direction(
+    agent: MAML, batch: MetaBatch, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """The meta-gradient, TRPO's CG direction and its curvature product, with the curvature on ``fraction`` of the
     episodes."""
     agent.config = copy.copy(agent.config)
