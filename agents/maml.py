@@ -410,7 +410,7 @@ class MAML:
         old_pre_distribution = _detach_distribution(self.policy.distribution(pre.observations, meta.points[0]))
         if config.pre_adaptation_trust_region:
             hessian_vector_product = _sum_of_products(
-                hessian_vector_product, self._pre_adaptation_fisher_product(theta, meta.points[0], batch, total_tasks)
+                hessian_vector_product, self._pre_adaptation_fisher_product(theta, meta.points[0], pre, total_tasks)
             )
         curvature_setup_seconds = time.perf_counter() - start
 
@@ -541,19 +541,16 @@ class MAML:
         )
 
     def _pre_adaptation_fisher_product(
-        self, theta: Params, pre_point: Params, batch: MetaBatch, total_tasks: int
+        self, theta: Params, pre_point: Params, pre: PolicyGradientData, total_tasks: int
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """v ↦ F_pre v: the Fisher matrix of the mean KL of the pre-adaptation policies on the pre-adaptation episodes
-        (the fast mode's share of them), summed over processes."""
-        pre = self._curvature_share(batch.inner[0] if batch.inner else batch.post)
+        """v ↦ F_pre v: the Fisher matrix of the mean KL of the pre-adaptation policies (at ``pre_point``) on the
+        pre-adaptation episodes ``pre`` (the fast mode's share of them), summed over processes."""
+        pre = self._curvature_share(pre)
         fisher_product = self.policy.fisher_product(pre.observations, pre_point, pre.weights / total_tasks)
         num_tasks = pre.observations.shape[0]
 
         def product(vector: torch.Tensor) -> torch.Tensor:
-            tangent = {
-                name: value.unsqueeze(0).expand(num_tasks, *value.shape)
-                for name, value in unflatten_like(vector, theta).items()
-            }
+            tangent = _per_task_copies(unflatten_like(vector, theta), num_tasks)
             return self.workers.sum(flatten_tensors([value.sum(dim=0) for value in fisher_product(tangent).values()]))
 
         return product
@@ -582,10 +579,7 @@ class MAML:
         damping = self.config.cg_damping
 
         def product(vector: torch.Tensor) -> torch.Tensor:
-            tangent = {
-                name: value.unsqueeze(0).expand(num_tasks, *value.shape)
-                for name, value in unflatten_like(vector, theta).items()
-            }
+            tangent = _per_task_copies(unflatten_like(vector, theta), num_tasks)
             tangent = _apply_adaptation_jacobian(tangent, inner_hessians)
             cotangent = _apply_adaptation_jacobian(fisher_product(tangent), reversed(inner_hessians))
             return (
@@ -647,6 +641,11 @@ def _apply_adaptation_jacobian(vectors: Params, factors: Iterable[tuple[float, H
         hessian_vectors = hessian_product(vectors)
         vectors = {name: value - step_size * hessian_vectors[name] for name, value in vectors.items()}
     return vectors
+
+
+def _per_task_copies(vectors: Params, num_tasks: int) -> Params:
+    """The same vector for every task (a leading task dim, expanded without a copy): the tangent of θ'_0 = θ."""
+    return {name: value.unsqueeze(0).expand(num_tasks, *value.shape) for name, value in vectors.items()}
 
 
 def _sum_of_products(

@@ -215,7 +215,7 @@ def test_pre_adaptation_fisher_product_equals_double_backward(curvature_fraction
     agent.config.curvature_fraction = curvature_fraction
     theta = dict(agent.policy.named_parameters())
     points = agent.adaptation_points(theta, batch.inner, batch.shard.size)
-    product = agent._pre_adaptation_fisher_product(theta, points[0], batch, batch.shard.total)
+    product = agent._pre_adaptation_fisher_product(theta, points[0], batch.inner[0], batch.shard.total)
     # naive: the Hessian of the pre-adaptation policies' mean KL (on the curvature's share of the episodes) at θ
     pre = agent._curvature_share(batch.inner[0])
     assert pre.observations.shape[1] == (2 if curvature_fraction == 1.0 else 1)
