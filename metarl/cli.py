@@ -202,7 +202,7 @@ def _train(args: argparse.Namespace) -> int:
     print(" " * 22 + "  ".join(f"{label:>8s}" for label in labels))
     kept = "final" if result.kept_iteration is None else f"kept (iteration {result.kept_iteration})"
     rows = [(kept, result.test_returns, result.test_success)]
-    if result.kept_iteration != result.iterations and result.last_test_returns is not None:
+    if result.kept_iteration not in (None, result.iterations) and result.last_test_returns is not None:
         rows.append((f"last (iteration {result.iterations})", result.last_test_returns, result.last_test_success))
     for name, returns, success in rows:
         values = [returns[k] for k in shown] + ([] if result.curve_label == "step" else [sum(returns)])
