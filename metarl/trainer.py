@@ -268,7 +268,10 @@ def _train(
         )
         return curve.means_over_tasks()
 
-    last_returns, last_success = test_curve()
+    # the last parameters' actions draw from a fork of torch's RNG: the kept ones then draw the same noise, as they
+    # did before the last parameters were evaluated too
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        last_returns, last_success = test_curve()
     best_path = run_dir / BEST_CHECKPOINT
     best = load_checkpoint(best_path) if workers.is_main and best_path.is_file() else None
     kept_iteration = workers.broadcast(None if best is None else best["iteration"])
