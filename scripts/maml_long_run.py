@@ -2,9 +2,9 @@
 parameters. A benchmark-style check (minutes to hours), not a test.
 
     # train (each run is an ordinary run folder; start several at once to use several cores)
-    python scripts/maml_long_run.py train --seeds 0 1 iterations=200                       # default env
+    python scripts/maml_long_run.py train --seeds 0 1 -- iterations=200                    # default env
     python scripts/maml_long_run.py train --preset navigation2d-maml-trpo --seeds 0 1 2    # the paper's env, exact
-    python scripts/maml_long_run.py train --preset navigation2d-maml-trpo --seeds 0 curvature_fraction=0.25
+    python scripts/maml_long_run.py train --preset navigation2d-maml-trpo --seeds 0 -- curvature_fraction=0.25
     python scripts/maml_long_run.py train --autograd --preset navigation2d-maml-trpo --seeds 0  # plain autograd
 
     # report: windowed training return before / after one step, validation curve, held-out returns of last.pt and
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 import envs  # noqa: F401 - registers the families
 from agents.maml import MAML
 from metarl import trainer
-from metarl.checkpoint import write_text_atomically
+from metarl.checkpoint import BEST_CHECKPOINT, load_checkpoint, write_text_atomically
 from metarl.config import load_config, load_run_config
 from metarl.evaluate import evaluate_run
 from metarl.rollout import EpisodeBatch
@@ -113,14 +112,14 @@ def report(args: argparse.Namespace) -> None:
             for record in records
             if "validation/return_step_1" in record
         }
-        held_out = {}
-        for checkpoint in ("last", "best"):
-            evaluation = evaluate_run(
+        held_out = {
+            checkpoint: evaluate_run(
                 run_dir, num_tasks=args.tasks, num_points=args.points, seeds=args.seeds, checkpoint=checkpoint
-            )
-            summary = evaluation.summary()
-            held_out[checkpoint] = summary
-        kept = torch.load(run_dir / "best.pt", weights_only=True)["iteration"]
+            ).summary()
+            for checkpoint in ("last", "best")
+        }
+        kept = load_checkpoint(run_dir / BEST_CHECKPOINT)["iteration"]
+        train_return_step_1 = windowed(post, windows)
         seconds = [record["time/iteration_s"] for record in records]
         results["runs"][str(run_dir)] = {
             "config": {
@@ -128,7 +127,7 @@ def report(args: argparse.Namespace) -> None:
                 for key in ("family", "family_kwargs", "seed", "weighting", "curvature_fraction", "iterations")
             },
             "train_return_pre_adapt": windowed(pre, windows),
-            "train_return_step_1": windowed(post, windows),
+            "train_return_step_1": train_return_step_1,
             **{
                 f"train_{key.split('/')[-1]}": windowed([record[key] for record in records], windows)
                 for key in ("losses/pre_adaptation_kl", "policy/log_std_mean")
@@ -139,7 +138,7 @@ def report(args: argparse.Namespace) -> None:
             "held_out": held_out,
             "median_iteration_s": float(np.median(seconds)),
         }
-        print(f"{run_dir}: kept {kept}; step 1 by window {windowed(post, windows)}")
+        print(f"{run_dir}: kept {kept}; step 1 by window {train_return_step_1}")
         for checkpoint, summary in held_out.items():
             print(f"  {checkpoint}: {summary}")
     if args.reference is not None:
@@ -155,13 +154,7 @@ def report(args: argparse.Namespace) -> None:
     results["command"] = sys.argv
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(args.out, json.dumps(results, indent=2, default=_json_default))
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
+        write_text_atomically(args.out, json.dumps(results, indent=2, default=str))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
