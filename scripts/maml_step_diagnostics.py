@@ -44,9 +44,8 @@ def in_float64(agent: MAML, batch: MetaBatch) -> tuple[MAML, MetaBatch]:
 
 def natural_direction(
     agent: MAML, batch: MetaBatch, fraction: float
-) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """The meta-gradient, TRPO's CG direction and its curvature product, with the curvature on ``fraction`` of the
-    episodes."""
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """TRPO's CG direction and its curvature product, with the curvature on ``fraction`` of the episodes."""
     agent.config = copy.copy(agent.config)
     agent.config.curvature_fraction = fraction
     theta = dict(agent.policy.named_parameters())
@@ -54,7 +53,7 @@ def natural_direction(
     hessians, post = agent._curvature_data(meta.points, meta.inner_hessians, batch)
     product = agent._kl_hessian_vector_product(theta, meta.points[-1], hessians, post)
     direction = conjugate_gradient(product, meta.gradient, iterations=agent.config.cg_iterations)
-    return meta.gradient, direction, product
+    return direction, product
 
 
 def plain_direction(agent: MAML, batch: MetaBatch) -> torch.Tensor:
@@ -120,10 +119,10 @@ def diagnose(run_dir: Path, checkpoint: Path, seed: int) -> dict:
     agent64, batch64 = in_float64(agent, batch)
 
     directions = {}
-    _, directions["exact_float64"], product64 = natural_direction(agent64, batch64, 1.0)
-    _, directions["exact_float32"], _ = natural_direction(copy.deepcopy(agent), batch, 1.0)
-    _, directions["fast_float64"], _ = natural_direction(copy.deepcopy(agent64), batch64, 0.25)
-    _, directions["fast_float32"], _ = natural_direction(copy.deepcopy(agent), batch, 0.25)
+    directions["exact_float64"], product64 = natural_direction(agent64, batch64, 1.0)
+    directions["exact_float32"], _ = natural_direction(copy.deepcopy(agent), batch, 1.0)
+    directions["fast_float64"], _ = natural_direction(copy.deepcopy(agent64), batch64, 0.25)
+    directions["fast_float32"], _ = natural_direction(copy.deepcopy(agent), batch, 0.25)
     directions["plain_autograd_float64"] = plain_direction(agent64, batch64)
 
     reference = directions["exact_float64"]
