@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -104,9 +104,25 @@ def adapt(agent: MAML, params: Params, inner: Sequence[TaskEpisodes], create_gra
     return params
 
 
-def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, float]:
-    """One MAML-TRPO meta-update of ``agent.policy`` in place, from the episodes collected before each inner step and
-    after the last (``episodes[-1]``), everything by autograd. Returns what :meth:`MAML.meta_update` logs."""
+class TRPOProblem(NamedTuple):
+    """What one MAML-TRPO step solves at the agent's current meta-parameters (:func:`trpo_problem`)."""
+
+    loss: torch.Tensor
+    """The surrogate loss (the mean over tasks)."""
+    gradient: torch.Tensor
+    """Its gradient in the meta-parameters, flat."""
+    hessian_vector_product: Callable[[torch.Tensor], torch.Tensor]
+    """v ↦ (H + damping) v, H the Hessian of the mean KL of the adapted policies, by double backward."""
+    surrogate_and_kl: Callable[[Params, bool], tuple[torch.Tensor, torch.Tensor]]
+    """The surrogate and the mean KL(old ‖ new) at meta-parameters ``params`` (``create_graph``: keep the graph of
+    the inner steps)."""
+    pre_adaptation_kl: Callable[[], torch.Tensor]
+    """The mean KL(old ‖ new) of the pre-adaptation policies, the new one at the policy's parameters now."""
+
+
+def trpo_problem(agent: MAML, episodes: Sequence[EpisodeBatch]) -> TRPOProblem:
+    """The surrogate, its gradient and the KL's curvature of one MAML-TRPO step of ``agent.policy``, from the episodes
+    collected before each inner step and after the last (``episodes[-1]``), everything by autograd."""
     config = agent.config
     weighting, num_tasks = config.weighting, episodes[0].observations.shape[0]
     per_task = [
@@ -135,7 +151,6 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
             kls.append(weighted_mean(torch.distributions.kl_divergence(old, new), post.masks, weighting))
         return torch.stack(losses).mean(), torch.stack(kls).mean()
 
-    start = time.perf_counter()
     loss, kl = surrogate_and_kl(theta, create_graph=True)
     gradient = flatten_tensors(torch.autograd.grad(loss, list(theta.values()), retain_graph=True))
     # the KL's Hessian by double backward through the adaptation's graph, built once
@@ -145,28 +160,9 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
         product = torch.autograd.grad(kl_gradient @ vector, list(theta.values()), retain_graph=True)
         return flatten_tensors(product) + config.cg_damping * vector
 
-    direction = conjugate_gradient(hessian_vector_product, gradient, config.cg_iterations)
-    step = direction * math.sqrt(2.0 * config.max_kl / float(direction @ hessian_vector_product(direction)))
-    old_parameters = flatten_tensors([value.detach() for value in theta.values()])
-    old_loss = loss.item()
-    accepted, fraction, new_loss, new_kl = False, 0.0, old_loss, 0.0
-    for i in range(config.line_search_max_steps):
-        candidate = old_parameters - config.line_search_backtrack_ratio**i * step
-        # the candidate adapts by autograd too, so no torch.no_grad() here
-        candidate_params = {
-            name: value.clone().requires_grad_() for name, value in unflatten_like(candidate, theta).items()
-        }
-        candidate_loss, candidate_kl = surrogate_and_kl(candidate_params, create_graph=False)
-        if candidate_loss.item() < old_loss and candidate_kl.item() <= config.max_kl:
-            accepted, fraction = True, config.line_search_backtrack_ratio**i
-            new_loss, new_kl = candidate_loss.item(), candidate_kl.item()
-            with torch.no_grad():
-                for parameter, value in zip(theta.values(), unflatten_like(candidate, theta).values(), strict=True):
-                    parameter.copy_(value)
-            break
-    with torch.no_grad():
-        pre_kl = torch.stack(
-            [
+    def pre_adaptation_kl() -> torch.Tensor:
+        with torch.no_grad():
+            kls = [
                 weighted_mean(
                     torch.distributions.kl_divergence(
                         old, agent.policy.distribution(task_episodes[0].observations, theta)
@@ -176,12 +172,42 @@ def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, floa
                 )
                 for old, task_episodes in zip(old_pre, per_task, strict=True)
             ]
-        ).mean()
+        return torch.stack(kls).mean()
+
+    return TRPOProblem(loss, gradient, hessian_vector_product, surrogate_and_kl, pre_adaptation_kl)
+
+
+def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, float]:
+    """One MAML-TRPO meta-update of ``agent.policy`` in place (:func:`trpo_problem`, conjugate gradient, a line search
+    that re-adapts at every candidate). Returns what :meth:`MAML.meta_update` logs."""
+    config = agent.config
+    start = time.perf_counter()
+    problem = trpo_problem(agent, episodes)
+    theta = dict(agent.policy.named_parameters())
+    direction = conjugate_gradient(problem.hessian_vector_product, problem.gradient, config.cg_iterations)
+    step = direction * math.sqrt(2.0 * config.max_kl / float(direction @ problem.hessian_vector_product(direction)))
+    old_parameters = flatten_tensors([value.detach() for value in theta.values()])
+    old_loss = problem.loss.item()
+    accepted, fraction, new_loss, new_kl = False, 0.0, old_loss, 0.0
+    for i in range(config.line_search_max_steps):
+        candidate = old_parameters - config.line_search_backtrack_ratio**i * step
+        # the candidate adapts by autograd too, so no torch.no_grad() here
+        candidate_params = {
+            name: value.clone().requires_grad_() for name, value in unflatten_like(candidate, theta).items()
+        }
+        candidate_loss, candidate_kl = problem.surrogate_and_kl(candidate_params, False)
+        if candidate_loss.item() < old_loss and candidate_kl.item() <= config.max_kl:
+            accepted, fraction = True, config.line_search_backtrack_ratio**i
+            new_loss, new_kl = candidate_loss.item(), candidate_kl.item()
+            with torch.no_grad():
+                for parameter, value in zip(theta.values(), unflatten_like(candidate, theta).values(), strict=True):
+                    parameter.copy_(value)
+            break
     return {
         "losses/surrogate_before": old_loss,
         "losses/surrogate_after": new_loss,
         "losses/kl": new_kl,
-        "losses/pre_adaptation_kl": pre_kl.item(),
+        "losses/pre_adaptation_kl": problem.pre_adaptation_kl().item(),
         "losses/line_search_accepted": float(accepted),
         "losses/step_fraction": fraction,
         "time/outer_update_s": time.perf_counter() - start,

@@ -58,25 +58,10 @@ def natural_direction(
 
 def plain_direction(agent: MAML, batch: MetaBatch) -> torch.Tensor:
     """The plain autograd implementation's CG direction (float64 agent and batch)."""
-    captured = {}
-    original = maml_autograd.conjugate_gradient
-
-    def capture(product, gradient, iterations):
-        captured["direction"] = original(product, gradient, iterations)
-        raise _Captured  # the direction is all we need: no line search
-
-    maml_autograd.conjugate_gradient = capture
-    try:
-        maml_autograd.meta_update(copy.deepcopy(agent), batch.episodes)
-    except _Captured:
-        pass
-    finally:
-        maml_autograd.conjugate_gradient = original
-    return captured["direction"]
-
-
-class _Captured(Exception):
-    pass
+    problem = maml_autograd.trpo_problem(agent, batch.episodes)
+    return maml_autograd.conjugate_gradient(
+        problem.hessian_vector_product, problem.gradient, agent.config.cg_iterations
+    )
 
 
 def step_effects(agent: MAML, batch: MetaBatch, step: torch.Tensor) -> dict[str, float]:
