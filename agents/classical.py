@@ -21,17 +21,21 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from envs.bandit import Bandit
 from envs.tabular_mdp import TabularMDP
-from metarl.evaluate import AdaptationCurve
+from metarl.agent import AdaptationCurve, CurveKind
+from metarl.config import RunConfig, check_at_least
+from metarl.distributed import Workers
+from metarl.registry import register_agent
 from metarl.tasks import TaskFamily, check_count, check_real
 from metarl.trials import TrialBatch, TrialInputs, TrialPolicy, collect_trials, make_trial_envs
 
@@ -685,6 +689,30 @@ def make_classical_agent(
 
 
 # -- as a meta-agent -----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ClassicalConfig(RunConfig):
+    """A classical baseline's fields: which algorithm plays the trials, and how long they are."""
+
+    algo: str = "classical"
+    classical_agent: str = "gittins"
+    """Which algorithm plays the trials (:data:`CLASSICAL_AGENTS`: gittins, thompson, ucb1, ucb1_prior, greedy,
+    epsilon_greedy and random for bandits; psrl, psrl_zero_prior, greedy and random for tabular MDPs), with its
+    documented default settings."""
+    trial_episodes: int = 2
+    """Episodes per trial (n), the agent's posterior carried across them."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "trial_episodes")
+        if self.classical_agent not in CLASSICAL_AGENTS:
+            raise ValueError(
+                f"unknown classical_agent {self.classical_agent!r}; allowed: {', '.join(CLASSICAL_AGENTS)}"
+            )
+
+    def run_label(self) -> str:
+        return f"classical-{self.classical_agent}"
+
+
 class ClassicalMetaAgent:
     """A classical baseline in the trainer and the evaluator (``algo=classical``, ``classical_agent=<name>``).
 
@@ -693,17 +721,23 @@ class ClassicalMetaAgent:
     generator), each episode of the trial a point of the curve, as RL²'s.
     """
 
-    curve_label = "episode"
+    curve_kind: ClassVar[CurveKind] = CurveKind.EPISODE
     """Points are the episodes of a trial, as RL²'s."""
+    trains_across_processes: ClassVar[bool] = False
+    progress_metrics: ClassVar[tuple[str, ...]] = (
+        "meta/trial_return",
+        "meta/return_first_episode",
+        "meta/return_last_episode",
+    )
 
-    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+    def __init__(
+        self, family: TaskFamily, config: ClassicalConfig, device: torch.device, workers: Workers | None = None
+    ) -> None:
         # built once now so that an unknown name or an unsupported family fails before any work starts
         make_classical_agent(config.classical_agent, family, config.trial_episodes, device=device)
         self.family = family
         self.config = config
         self.device = device
-        self.policy = torch.nn.Module()
-        """No parameters (the trainer's non-finite-parameter guard finds none to check)."""
         self._envs: dict[int, Any] = {}
 
     def play_trials(self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int) -> TrialBatch:
@@ -741,3 +775,6 @@ class ClassicalMetaAgent:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """No parameters."""
+
+
+register_agent("classical", ClassicalMetaAgent, ClassicalConfig)

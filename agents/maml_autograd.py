@@ -2,13 +2,13 @@
 
 This is pytorch-maml-rl's shape of the algorithm (one task at a time, its padded episodes averaged with their
 lengths as ``weighted_mean`` does, the KL's Hessian by double backward through the graph of the adaptation)
-re-derived from the papers, without any of :mod:`agents.maml`'s batching over tasks, written-out curvature or reuse
+re-derived from the papers, without any of :mod:`agents.maml_trpo`'s batching over tasks, written-out curvature or reuse
 of passes. It is slow (a Python loop over tasks, third-order graphs) and exists to check the fast implementation
 against: the tests compare one whole meta-update on batches with early-terminated episodes, and
 ``scripts/maml_long_run.py`` trains with it (``--autograd``) for hundreds of iterations, so that a fault of the fast
 implementation cannot pass for a property of MAML-TRPO.
 
-Where this differs from pytorch-maml-rl, on purpose (so that it computes what :class:`agents.maml.MAML` does):
+Where this differs from pytorch-maml-rl, on purpose (so that it computes what :class:`agents.maml_trpo.MAMLTRPO` does):
 the KL is KL(old ‖ new) as in rllab (pytorch-maml-rl takes KL(new ‖ old); the two agree to second order, so the
 curvature is the same and only the line search's KL differs, at third order), and the averages follow
 ``config.weighting`` (pytorch-maml-rl always weights episodes).
@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from agents.maml import MAML, MetaBatch
+from agents.inner_loop import MetaBatch
+from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors, unflatten_like
 from metarl.rollout import EpisodeBatch
 
@@ -87,13 +88,13 @@ def task_advantages(batch: EpisodeBatch, task: int, gamma: float, gae_lambda: fl
     return TaskEpisodes(batch.observations[task], batch.actions[task], centered / (std + 1e-8), masks)
 
 
-def inner_loss(agent: MAML, params: Params, episodes: TaskEpisodes, weighting: str) -> torch.Tensor:
+def inner_loss(agent: MAMLTRPO, params: Params, episodes: TaskEpisodes, weighting: str) -> torch.Tensor:
     """REINFORCE: minus the average of log π(a | s) · A over the task's steps."""
     log_probs = agent.policy.log_prob(episodes.observations, episodes.actions, params)
     return -weighted_mean(log_probs * episodes.advantages, episodes.masks, weighting)
 
 
-def adapt(agent: MAML, params: Params, inner: Sequence[TaskEpisodes], create_graph: bool) -> Params:
+def adapt(agent: MAMLTRPO, params: Params, inner: Sequence[TaskEpisodes], create_graph: bool) -> Params:
     """One task's adapted parameters after a vanilla-policy-gradient step per entry of ``inner``."""
     weighting = agent.config.weighting
     for step_size, episodes in zip(agent.step_sizes(len(inner)), inner, strict=True):
@@ -120,7 +121,7 @@ class TRPOProblem(NamedTuple):
     """The mean KL(old ‖ new) of the pre-adaptation policies, the new one at the policy's parameters now."""
 
 
-def trpo_problem(agent: MAML, episodes: Sequence[EpisodeBatch]) -> TRPOProblem:
+def trpo_problem(agent: MAMLTRPO, episodes: Sequence[EpisodeBatch]) -> TRPOProblem:
     """The surrogate, its gradient and the KL's curvature of one MAML-TRPO step of ``agent.policy``, from the episodes
     collected before each inner step and after the last (``episodes[-1]``), everything by autograd."""
     config = agent.config
@@ -177,9 +178,9 @@ def trpo_problem(agent: MAML, episodes: Sequence[EpisodeBatch]) -> TRPOProblem:
     return TRPOProblem(loss, gradient, hessian_vector_product, surrogate_and_kl, pre_adaptation_kl)
 
 
-def meta_update(agent: MAML, episodes: Sequence[EpisodeBatch]) -> dict[str, float]:
+def meta_update(agent: MAMLTRPO, episodes: Sequence[EpisodeBatch]) -> dict[str, float]:
     """One MAML-TRPO meta-update of ``agent.policy`` in place (:func:`trpo_problem`, conjugate gradient, a line search
-    that re-adapts at every candidate). Returns what :meth:`MAML.meta_update` logs."""
+    that re-adapts at every candidate). Returns what :meth:`MAMLTRPO.meta_update` logs."""
     config = agent.config
     start = time.perf_counter()
     problem = trpo_problem(agent, episodes)
@@ -232,12 +233,11 @@ def conjugate_gradient(product: Any, b: torch.Tensor, iterations: int) -> torch.
     return x
 
 
-class AutogradMAML(MAML):
-    """:class:`agents.maml.MAML` whose TRPO meta-update is :func:`meta_update` (sampling, adaptation at sampling time
-    and evaluation are MAML's own)."""
+class AutogradMAML(MAMLTRPO):
+    """:class:`agents.maml_trpo.MAMLTRPO` whose TRPO meta-update is :func:`meta_update` (sampling, adaptation at
+    sampling time and evaluation are the batched agent's own)."""
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
-        config = self.config
-        if config.algo != "maml-trpo" or config.first_order or config.meta_sgd or batch.shard.total != batch.shard.size:
-            raise ValueError("the autograd MAML implements second-order maml-trpo without Meta-SGD on one process")
+        if self.config.first_order or batch.shard.total != batch.shard.size:
+            raise ValueError("the autograd MAML implements second-order maml-trpo on one process")
         return meta_update(self, batch.episodes)

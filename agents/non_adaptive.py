@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.evaluate import AdaptationCurve
+from metarl.agent import AdaptationCurve, CurveKind
+from metarl.config import RunConfig, check_at_least
+from metarl.distributed import Workers
 from metarl.rollout import RolloutPolicy, collect_episodes
 from metarl.tasks import TaskFamily
+
+
+@dataclasses.dataclass
+class NonAdaptiveConfig(RunConfig):
+    """The fields of a baseline that does not adapt: how its flat curve is measured."""
+
+    episodes_per_task: int = 20
+    """Episodes of every task at each point of the curve (and per task and meta-iteration in training)."""
+    eval_steps: int = 3
+    """The curve has ``eval_steps + 1`` points, aligned with MAML's steps 0..eval_steps."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "episodes_per_task")
+        check_at_least(self, 0, "eval_steps")
 
 
 class NonAdaptiveAgent:
@@ -21,10 +39,14 @@ class NonAdaptiveAgent:
     Subclasses give ``rollout_policy`` (and ``train_step``, ``state_dict``, ``load_state_dict``).
     """
 
-    curve_label = "step"
+    curve_kind: ClassVar[CurveKind] = CurveKind.STEP
     """Points are 'adaptation steps' (none of them changes anything), aligned with MAML's curve."""
+    trains_across_processes: ClassVar[bool] = False
+    progress_metrics: ClassVar[tuple[str, ...]] = ("meta/return_pre_adapt",)
 
-    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+    def __init__(
+        self, family: TaskFamily, config: NonAdaptiveConfig, device: torch.device, workers: Workers | None = None
+    ) -> None:
         self.family = family
         self.config = config
         self.device = device

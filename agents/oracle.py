@@ -2,9 +2,10 @@
 
 The policy sees every observation with the parameters of the task appended
 (:class:`metarl.wrappers.TaskObservationWrapper`) and is trained with SB3's PPO on the pooled training tasks: each
-meta-iteration gives every one of ``meta_batch_size`` sub-envs a task of the meta-batch and runs one PPO rollout
-of ``episodes_per_task`` episodes per sub-env and its update. PPO's settings are the config's ``ppo_*``, ``gamma``,
-``gae_lambda``, ``max_grad_norm``, and its network ``hidden_sizes`` / ``activation`` (for policy and value).
+meta-iteration gives every one of ``meta_batch_size`` sub-envs a task of the meta-batch and runs one PPO rollout of
+``episodes_per_task`` episodes per sub-env and its update. PPO's settings are the config's (:class:`OracleConfig`):
+``ppo_*``, ``gamma``, ``gae_lambda``, ``max_grad_norm``, and its network ``hidden_sizes`` / ``activation`` (policy
+and value).
 
 At evaluation it plays fresh episodes of each task at every point of the curve; knowing the task, it has nothing
 to adapt, so its curve is flat up to noise.
@@ -19,29 +20,53 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from agents.non_adaptive import NonAdaptiveAgent
-from agents.sb3 import minibatch_size
+from agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
+from agents.ppo import PPOConfig
+from metarl.config import check_choice, check_hidden_sizes
+from metarl.distributed import Workers
+from metarl.registry import register_agent
+from metarl.sb3 import minibatch_size
 from metarl.tasks import TaskFamily
 from metarl.wrappers import TaskObservationWrapper, task_vectors
 
 ACTIVATION_MODULES = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
+@dataclasses.dataclass
+class OracleConfig(NonAdaptiveConfig, PPOConfig):
+    """The oracle's fields: SB3 PPO's settings and network (``meta_batch_size`` sub-envs, each running
+    ``episodes_per_task`` episodes per meta-iteration and PPO update)."""
+
+    algo: str = "oracle-ppo"
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the policy and of the value network."""
+    activation: str = "tanh"
+    """Hidden activation: ``tanh`` or ``relu``."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice(self, "activation", ACTIVATION_MODULES)
+        check_hidden_sizes(self)
+
+
 class OraclePPO(NonAdaptiveAgent):
     """SB3 PPO on the task-observing view of a family, as a meta-agent (``algo=oracle-ppo``)."""
 
-    def __init__(self, family: TaskFamily, config: Any, device: torch.device) -> None:
+    def __init__(
+        self, family: TaskFamily, config: OracleConfig, device: torch.device, workers: Workers | None = None
+    ) -> None:
         from stable_baselines3 import PPO
         from stable_baselines3.common.monitor import Monitor
         from stable_baselines3.common.vec_env import DummyVecEnv
 
-        super().__init__(family, config, device)
+        super().__init__(family, config, device, workers)
         num_envs = config.meta_batch_size
         steps_per_env = config.episodes_per_task * family.horizon
         self.vec_env = DummyVecEnv([lambda: Monitor(TaskObservationWrapper(family.make_env()))] * num_envs)
@@ -66,8 +91,6 @@ class OraclePPO(NonAdaptiveAgent):
             device=device,
             verbose=0,
         )
-        self.policy = self.model.policy
-        """SB3's actor-critic (the trainer's guard checks its parameters for NaN)."""
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """One PPO rollout and update, sub-env ``i`` playing ``tasks[i]`` from its next episode."""
@@ -110,3 +133,6 @@ class OraclePPO(NonAdaptiveAgent):
         if "optimizer" in state:
             self.model.policy.optimizer.load_state_dict(state["optimizer"])
         self.model.num_timesteps = int(state.get("num_timesteps", 0))
+
+
+register_agent("oracle-ppo", OraclePPO, OracleConfig)

@@ -13,16 +13,26 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from agents.maml import MAML
+from agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
+from metarl.registry import register_agent
 
 
-class MultiTaskPretrain(MAML):
+@dataclasses.dataclass
+class PretrainTRPOConfig(MAMLTRPOConfig):
+    """MAML-TRPO's fields: the same budget, TRPO settings and fine-tuning (``num_inner_steps`` and
+    ``inner_step_sizes`` are unused in training: its objective has no inner loop)."""
+
+    algo: str = "pretrain-trpo"
+
+
+class MultiTaskPretrain(MAMLTRPO):
     """MAML's sampler, TRPO step, fine-tuning and evaluation, with an objective that has no inner loop."""
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
@@ -30,10 +40,13 @@ class MultiTaskPretrain(MAML):
         start = time.perf_counter()
         batch = self.sample(tasks, rng, num_steps=0, evaluation=False)  # pre-adaptation episodes only
         metrics = {"time/sample_s": time.perf_counter() - start}
-        metrics.update(self._trpo_update(batch))  # no inner steps: TRPO's plain surrogate on the pooled tasks
+        metrics.update(self.meta_update(batch))  # no inner steps: TRPO's plain surrogate on the pooled tasks
         metrics["meta/return_pre_adapt"] = batch.returns[0]
         return metrics
 
     def selection_score(self, curve: Sequence[float]) -> float:
         """Validation picks the parameters by the return after one fine-tuning step, as MAML's are picked."""
         return curve[min(1, len(curve) - 1)]
+
+
+register_agent("pretrain-trpo", MultiTaskPretrain, PretrainTRPOConfig)

@@ -1,7 +1,7 @@
 """Reptile for RL: adapt each task with policy-gradient steps, then move the meta-parameters toward the results.
 
 The cheap first-order alternative to MAML: no meta-gradient at all. It shares MAML's sampling and inner loop
-(:class:`agents.maml.MAML`) and replaces the outer update by θ ← θ + ε · mean_t(θ'_t - θ).
+(:class:`agents.inner_loop.InnerLoopAgent`) and replaces the outer update by θ ← θ + ε · mean_t(θ'_t - θ).
 
 References:
     Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.
@@ -9,14 +9,30 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
-from agents.maml import MAML, MetaBatch
+from agents.inner_loop import InnerLoopAgent, InnerLoopConfig, MetaBatch
+from metarl.config import check_positive_numbers
+from metarl.registry import register_agent
 
 
-class Reptile(MAML):
+@dataclasses.dataclass
+class ReptileConfig(InnerLoopConfig):
+    """Reptile's fields: the inner loop's and the outer step's size."""
+
+    algo: str = "reptile"
+    reptile_step_size: float = 0.5
+    """The fraction of the way the meta-parameters move toward the mean adapted parameters."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_numbers(self, "reptile_step_size")
+
+
+class Reptile(InnerLoopAgent):
     """Reptile: the outer step moves θ a fraction ``reptile_step_size`` of the way to the mean adapted parameters."""
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
@@ -30,3 +46,6 @@ class Reptile(MAML):
                 parameter.add_(step_size * difference)
                 distance += float(difference.pow(2).sum())
         return {"losses/adaptation_distance": distance**0.5, "time/outer_update_s": time.perf_counter() - start}
+
+
+register_agent("reptile", Reptile, ReptileConfig)

@@ -23,11 +23,12 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -35,12 +36,36 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from agents.ppo import PPOConfig
 from metarl.advantages import gae
-from metarl.config import TrainConfig
+from metarl.agent import AdaptationCurve, CurveKind
+from metarl.config import check_at_least
 from metarl.distributed import TaskShard, Workers, sample_actions
-from metarl.evaluate import AdaptationCurve
+from metarl.registry import register_agent
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialBatch, TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
+
+
+@dataclasses.dataclass
+class RL2Config(PPOConfig):
+    """RL²'s fields: the trials, the recurrent actor-critic and PPO (``meta_batch_size`` is the number of trials
+    per meta-iteration, one per task; PPO's minibatches are of whole trials, or of BPTT chunks, and GAE runs over
+    whole trials)."""
+
+    algo: str = "rl2"
+    trial_episodes: int = 2
+    """Episodes per trial (n); the hidden state persists across them and is reset between trials."""
+    rl2_hidden_size: int = 256
+    """GRU units of the actor (and of the critic)."""
+    rl2_shared_critic: bool = False
+    """One GRU feeds both heads (default: a separate critic GRU)."""
+    rl2_bptt_steps: int = 0
+    """Truncated backpropagation through time over chunks of this many steps (0: whole trials)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_at_least(self, 1, "trial_episodes rl2_hidden_size")
+        check_at_least(self, 0, "rl2_bptt_steps")
 
 
 class RecurrentActorCritic(nn.Module):
@@ -157,21 +182,25 @@ class ReturnNormalizer(nn.Module):
 class RL2:
     """RL² trained with PPO through the meta-trainer (``metarl train algo=rl2``).
 
-    Config fields used: ``trial_episodes`` (n), ``rl2_hidden_size``, ``rl2_shared_critic``, ``rl2_bptt_steps``,
-    ``gamma``, ``gae_lambda``, ``ppo_epochs``, ``ppo_minibatches``, ``ppo_clip``, ``ppo_learning_rate``,
-    ``ppo_entropy_coeff``, ``ppo_value_coeff``, ``max_grad_norm``; ``meta_batch_size`` is the number of trials
-    (one per task) per meta-iteration. With several ``workers`` each process plays its block of the trials and the
+    Its fields are :class:`RL2Config`'s. With several ``workers`` each process plays its block of the trials and the
     PPO gradients, advantage moments and return moments are summed over processes (:mod:`metarl.distributed`).
 
     References:
         Duan et al. "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning", arXiv:1611.02779, 2016.
     """
 
-    curve_label = "episode"
+    curve_kind: ClassVar[CurveKind] = CurveKind.EPISODE
     """Evaluation curves are the mean return of each episode of the trial."""
+    trains_across_processes: ClassVar[bool] = True
+    """Each process plays its block of the trials; PPO's gradients and moments are summed over processes."""
+    progress_metrics: ClassVar[tuple[str, ...]] = (
+        "meta/trial_return",
+        "meta/return_first_episode",
+        "meta/return_last_episode",
+    )
 
     def __init__(
-        self, family: TaskFamily, config: TrainConfig, device: torch.device, workers: Workers | None = None
+        self, family: TaskFamily, config: RL2Config, device: torch.device, workers: Workers | None = None
     ) -> None:
         self.family = family
         self.config = config
@@ -460,3 +489,6 @@ class _ShardActor:
 
     def act(self, inputs: TrialInputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         return self.agent.act(inputs, state, self.shard)
+
+
+register_agent("rl2", RL2, RL2Config)

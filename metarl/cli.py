@@ -1,26 +1,31 @@
 """The ``metarl`` command line.
 
-``metarl families`` lists the registered task families; ``metarl demo`` rolls out a random policy on held-out tasks
-of every family (or the ones named) through the batched multi-task rollout. ``--import MODULE`` imports a user's
-module first, so that families it registers with ``metarl.register_family`` are available to every command.
+``metarl families`` and ``metarl algos`` list the registered task families and algorithms (``metarl algos NAME``: an
+algorithm's config fields, defaults and docs); ``metarl train`` / ``evaluate`` / ``from-scratch`` meta-train and
+evaluate; ``metarl demo`` rolls out a random policy on held-out tasks of every family (or the ones named) through the
+batched multi-task rollout. ``--import MODULE`` imports a user's module first, so that the families and algorithms it
+registers (``metarl.register_family``, ``metarl.register_agent``) are available to every command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from metarl.config import ALGORITHMS
+from metarl.agent import CurveKind
+from metarl.config import RunConfig, field_docs
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
 from metarl.distributed import end_worker_process, is_main_process, launched_world_size
 from metarl.evaluate import CHECKPOINTS, SPLITS
-from metarl.registry import family_spec, list_families
-from metarl.rollout import collect_episodes
+from metarl.registry import agent_spec, family_spec, list_agents, list_families, load_builtins
+from metarl.rollout import RandomPolicy, collect_episodes
 
 
 def _positive_int(text: str) -> int:
@@ -45,17 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE (a module name or a .py file) first, e.g. one that registers your own task families",
+        help="import MODULE (a module name or a .py file) first, e.g. one that registers your own task families "
+        "or algorithms",
     )
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("families", help="list the registered task families")
+    algos = commands.add_parser(
+        "algos",
+        help="list the registered algorithms, or one algorithm's config fields with their defaults and docs",
+        description="Without a name: every registered algorithm and its one-line summary. With names: each one's "
+        "own config fields (key=value overrides of `metarl train --algo NAME`) with defaults and docs; --common adds "
+        "the fields every run has.",
+    )
+    algos.add_argument("names", nargs="*", metavar="NAME", help="algorithms to document (default: list them all)")
+    algos.add_argument("--common", action="store_true", help="also list the fields every algorithm has")
 
     train = commands.add_parser(
         "train",
         help="meta-train (default: MAML-TRPO on Navigation2D, a few minutes)",
-        description="Meta-train. Config: the TrainConfig defaults, then --preset, then key=value overrides.",
+        description="Meta-train. Config: the algorithm's defaults (`metarl algos NAME`), then --preset, then key=value "
+        "overrides (flat keys: common and algorithm fields side by side).",
     )
     train.add_argument("--preset", default=None, help="a preset under configs/ (name) or a YAML file")
     train.add_argument(
@@ -65,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume the run in RUN_DIR from last.pt; with iterations=N, train it on to N iterations in all",
     )
     train.add_argument(
-        "--algo", default=None, choices=ALGORITHMS, help="the algorithm (short for algo=...; overrides the preset's)"
+        "--algo",
+        default=None,
+        help="a registered algorithm (`metarl algos`; short for algo=...; overrides the preset's)",
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
 
@@ -125,9 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_threads(args.threads)
     for module in args.imports:
         _import(module, parser)
-    import envs  # noqa: F401 - registers the suite's families
-
     try:
+        load_builtins()  # the suite's own families and algorithms, after the user's modules
         world_size = launched_world_size()
         if world_size > 1 and args.command != "train":
             raise ValueError(
@@ -136,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "families":
             return _families()
+        if args.command == "algos":
+            return _algos(args)
         if args.command == "train":
             status = _train(args)
             if world_size > 1:
@@ -172,7 +191,7 @@ def _import(module: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metarl.config import load_config
+    from metarl.presets import load_config
     from metarl.trainer import train
 
     extend_to = None
@@ -190,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, iterations=extend_to)
     if not is_main_process():
         return 0  # under torchrun, rank 0 reports
-    if result.curve_label == "step":
+    if result.curve_kind is CurveKind.STEP:
         print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")
         labels = ["before" if k == 0 else f"step {k}" for k in range(len(result.test_returns))]
         shown = range(len(result.test_returns))
@@ -205,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
     if result.kept_iteration not in (None, result.iterations) and result.last_test_returns is not None:
         rows.append((f"last (iteration {result.iterations})", result.last_test_returns, result.last_test_success))
     for name, returns, success in rows:
-        values = [returns[k] for k in shown] + ([] if result.curve_label == "step" else [sum(returns)])
+        values = [returns[k] for k in shown] + ([] if result.curve_kind is CurveKind.STEP else [sum(returns)])
         print(f"  {name:<20s}" + "  ".join(f"{value:8.2f}" for value in values))
         if success is not None:
             print(" " * 22 + "  ".join(f"{success[k]:8.1%}" for k in shown) + "   success rate")
@@ -253,10 +272,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _from_scratch(args: argparse.Namespace) -> int:
     import json
 
-    from agents.from_scratch import adaptation_env_steps, ppo_steps_to_reach, summarize
     from metarl.checkpoint import write_text_atomically
-    from metarl.config import load_run_config
     from metarl.evaluate import evaluate_run
+    from metarl.from_scratch import adaptation_env_steps, ppo_steps_to_reach, summarize
+    from metarl.presets import load_run_config
     from metarl.registry import make_family
 
     config = load_run_config(args.run)
@@ -306,9 +325,34 @@ def _families() -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from agents.random_policy import RandomPolicy
+def _algos(args: argparse.Namespace) -> int:
+    names = args.names or list_agents()
+    specs = [agent_spec(name) for name in names]  # an unknown name fails here, listing the registered ones
+    if not args.names:
+        for spec in specs:
+            summary = (spec.agent_class.__doc__ or "").strip().split("\n")[0]
+            processes = "torchrun" if spec.agent_class.trains_across_processes else "one process"
+            print(f"{spec.name:16s} {spec.agent_class.curve_kind:8s} {processes:12s} {summary}")
+        print("\n`metarl algos NAME` lists an algorithm's config fields; `--common` adds those every run has")
+        return 0
+    common = {field.name for field in dataclasses.fields(RunConfig)}
+    for spec in specs:
+        docs = field_docs(spec.config_class)
+        defaults = spec.config_class()
+        print(
+            f"{spec.name}: {spec.agent_class.__module__}.{spec.agent_class.__qualname__}, "
+            f"config {spec.config_class.__qualname__}"
+        )
+        for name, doc in docs.items():
+            if name in common and not args.common:
+                continue
+            print(f"  {name} = {getattr(defaults, name)!r}")
+            if doc:
+                print(textwrap.fill(doc, width=116, initial_indent="      ", subsequent_indent="      "))
+    return 0
 
+
+def _demo(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     family_ids = args.family or list_families()
     specs = [family_spec(env_id) for env_id in family_ids]  # unknown ids fail here, before any work

@@ -31,9 +31,6 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 T = TypeVar("T")
 
-DISTRIBUTED_ALGOS = ("maml-trpo", "maml-ppo", "pretrain-trpo", "reptile", "rl2")
-"""The agents that meta-train across processes."""
-
 
 @dataclasses.dataclass(frozen=True)
 class TaskShard:

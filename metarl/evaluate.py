@@ -1,12 +1,12 @@
 """Fast adaptation on held-out tasks: one evaluation protocol for every agent, its statistics and its reports.
 
-Every meta-agent says how it adapts to a task it has never seen through one method,
-``adaptation_curve(tasks, rng, num_points) -> AdaptationCurve``: the mean episode return of each task at each point
-of its adaptation (MAML: before adaptation and after each gradient step; RL²: each episode of a trial, its hidden
-state carried across them), and the share of those episodes that succeeded where the family defines success
-(``info["success"]``). The evaluator runs it on a split of the family (the held-out *test* split by default, never
-seen in training or model selection) for several evaluation seeds, and reports the mean over tasks with a 95 %
-bootstrap confidence interval, and every per-task number.
+Every meta-agent says how it adapts to a task it has never seen through one method of its protocol
+(:class:`metarl.agent.MetaAgent`), ``adaptation_curve(tasks, rng, num_points) -> AdaptationCurve``: the mean episode
+return of each task at each point of its adaptation (MAML: before adaptation and after each gradient step; RL²: each
+episode of a trial, its hidden state carried across them), and the share of those episodes that succeeded where the
+family defines success (``info["success"]``). The evaluator runs it on a split of the family (the held-out *test*
+split by default, never seen in training or model selection) for several evaluation seeds, and reports the mean over
+tasks with a 95 % bootstrap confidence interval, and every per-task number.
 
 Usage::
 
@@ -25,53 +25,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
 
+from metarl.agent import AdaptationCurve, CurveKind
 from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
-from metarl.config import load_run_config
 from metarl.device import resolve_device
-from metarl.registry import make_family
+from metarl.presets import load_run_config
+from metarl.registry import make_agent, make_family
 from metarl.seeding import seed_everything
 from metarl.tasks import check_count
-from metarl.trials import TrialBatch
 
 SPLITS = ("test", "validation", "train")
 CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
-
-
-class AdaptationCurve(NamedTuple):
-    """What an agent's ``adaptation_curve`` returns: one value per point of its adaptation and task."""
-
-    returns: np.ndarray
-    """``[num_points, num_tasks]`` float64 mean episode return."""
-    success: np.ndarray | None
-    """``[num_points, num_tasks]`` float64 share of the episodes that succeeded (any step with
-    ``info["success"]``), or ``None`` when the family does not define success."""
-
-    @classmethod
-    def from_tensors(cls, returns: Sequence[torch.Tensor], success: Sequence[torch.Tensor] | None) -> AdaptationCurve:
-        """From per-point ``[num_tasks]`` tensors (on any device)."""
-
-        def stacked(values: Sequence[torch.Tensor]) -> np.ndarray:
-            return torch.stack(list(values)).cpu().numpy().astype(np.float64)
-
-        return cls(stacked(returns), None if success is None else stacked(success))
-
-    def means_over_tasks(self) -> tuple[list[float], list[float] | None]:
-        """The mean return at each point, and the mean success rate (``None`` where success is not defined)."""
-        success = None if self.success is None else self.success.mean(axis=1).tolist()
-        return self.returns.mean(axis=1).tolist(), success
-
-    @classmethod
-    def from_trials(cls, batch: TrialBatch) -> AdaptationCurve:
-        """One trial per task: each episode of the trial is a point."""
-        successes = batch.episode_successes
-        return cls.from_tensors(batch.episode_returns.T, None if successes is None else successes.T)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +55,7 @@ class Evaluation:
     algo: str
     family: str
     split: str
-    curve_label: str
+    curve_kind: CurveKind
     """``step`` (return after k adaptation steps, from 0) or ``episode`` (return of the k-th episode, from 1)."""
     points: tuple[int, ...]
     """The x axis: adaptation steps 0..K or episode numbers 1..n."""
@@ -185,8 +154,6 @@ def evaluate_run(
         ValueError: a bad argument, a missing run folder, or a checkpoint that is not this run's (all checked
             before anything is evaluated).
     """
-    from metarl.trainer import make_agent  # imported here: the command line loads this module for its choices
-
     run_dir = Path(run)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -239,7 +206,7 @@ def evaluate_run(
                 file=sys.stderr,
                 flush=True,
             )
-    first = 0 if agent.curve_label == "step" else 1
+    first = agent.curve_kind.first_point
     return Evaluation(
         name=name or run_dir.name,
         run_dir=str(run_dir),
@@ -247,7 +214,7 @@ def evaluate_run(
         algo=config.algo,
         family=config.family,
         split=split,
-        curve_label=agent.curve_label,
+        curve_kind=agent.curve_kind,
         points=tuple(range(first, first + num_points)),
         task_indices=task_indices,
         seeds=seeds,
@@ -341,7 +308,7 @@ def evaluations_csv(evaluations: Sequence[Evaluation]) -> str:
                 writer.writerow(
                     [
                         evaluation.name,
-                        evaluation.curve_label,
+                        evaluation.curve_kind,
                         point,
                         task_index,
                         task_return,
@@ -353,7 +320,7 @@ def evaluations_csv(evaluations: Sequence[Evaluation]) -> str:
                     ]
                 )
         for row in evaluation.summary():
-            name, label, point = evaluation.name, evaluation.curve_label, row["point"]
+            name, label, point = evaluation.name, evaluation.curve_kind, row["point"]
             success_cells = [row.get(key, "") for key in ("success", "success_ci_low", "success_ci_high")]
             writer.writerow([name, label, point, "", row["mean"], row["ci_low"], row["ci_high"], *success_cells])
     return buffer.getvalue()
@@ -368,7 +335,7 @@ def comparison_table(evaluations: Sequence[Evaluation]) -> str:
         cells = []
         for row in evaluation.summary():
             interval = f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-            cell = f"{evaluation.curve_label} {row['point']}: {row['mean']:.2f} {interval}"
+            cell = f"{evaluation.curve_kind} {row['point']}: {row['mean']:.2f} {interval}"
             if "success" in row:
                 cell += f" success {row['success']:.0%} [{row['success_ci_low']:.0%}, {row['success_ci_high']:.0%}]"
             cells.append(cell)
@@ -416,11 +383,6 @@ def curve_figure(curves: Sequence[dict[str, Any]], x_label: str, title: str) -> 
     return figure
 
 
-def x_axis_label(curve_label: str) -> str:
-    """What the points of a curve are: adaptation steps (MAML) or episodes of a trial (RL²)."""
-    return "adaptation steps" if curve_label == "step" else "episode of the trial"
-
-
 def plot_evaluations(evaluations: Sequence[Evaluation], path: Path) -> None:
     """The adaptation curves, one line per agent with its confidence band, to a PNG (written atomically)."""
     import matplotlib.pyplot as plt
@@ -431,7 +393,7 @@ def plot_evaluations(evaluations: Sequence[Evaluation], path: Path) -> None:
         curve = {"name": evaluation.name, "points": [row["point"] for row in summary]}
         curve.update({key: [row[key] for row in summary] for key in summary[0] if key != "point"})
         curves.append(curve)
-    x_label = " / ".join(sorted({x_axis_label(evaluation.curve_label) for evaluation in evaluations}))
+    x_label = " / ".join(sorted({evaluation.curve_kind.axis_label for evaluation in evaluations}))
     families = ", ".join(sorted({evaluation.family for evaluation in evaluations}))
     figure = curve_figure(curves, x_label, f"{families}: {evaluations[0].split} tasks")
     buffer = io.BytesIO()

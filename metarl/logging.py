@@ -8,6 +8,9 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from metarl.agent import CurveKind
+from metarl.evaluate import curve_figure
+
 
 class RunLogger:
     """A thin wrapper over TensorBoard's ``SummaryWriter`` that also appends metrics to ``metrics.jsonl``.
@@ -29,17 +32,15 @@ class RunLogger:
         self._jsonl.flush()
 
     def log_curve(
-        self, iteration: int, tag: str, curve_label: str, curve: list[float], success: list[float] | None = None
+        self, iteration: int, tag: str, curve_kind: CurveKind, curve: list[float], success: list[float] | None = None
     ) -> None:
         """An adaptation curve (the return at each adaptation step or trial episode, and the success rate where the
         family defines success) as a TensorBoard figure, so that its shape can be followed across evaluations (the
         points are also scalars, through ``log``)."""
-        from metarl.evaluate import curve_figure, x_axis_label
-
-        first = 0 if curve_label == "step" else 1
+        first = curve_kind.first_point
         points = list(range(first, first + len(curve)))
         line = {"name": tag, "points": points, "mean": curve, **({} if success is None else {"success": success})}
-        figure = curve_figure([line], x_axis_label(curve_label), tag)
+        figure = curve_figure([line], curve_kind.axis_label, tag)
         self.writer.add_figure(f"{tag}/adaptation_curve", figure, iteration)  # closes the figure
 
     def close(self) -> None:

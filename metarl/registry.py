@@ -1,13 +1,20 @@
-"""The family registry: one public way to register, list and look up task families, backed by Gymnasium's.
+"""The two registries: task families (backed by Gymnasium's) and meta-learning algorithms.
 
+Families:
 ``register_family(MyFamily)`` registers ``MetaRL/<name>-v<version>`` with Gymnasium, so that
 ``gymnasium.make(id, **kwargs)`` builds the family's single env and ``gymnasium.make_vec(id, num_envs,
 vectorization_mode="vector_entry_point", **kwargs)`` its native batched env (when it has one; otherwise Gymnasium's
 Sync/Async vector envs work as for any env). Keyword arguments are the family's constructor arguments; the vector
 entry point also takes ``device`` and ``autoreset_mode``.
 
-The suite's own families are registered by ``import envs``; a user's family is registered the same way from the
-user's module (see ``scripts/custom_family_example.py``).
+Algorithms: ``register_agent("my-algo", MyAgent, MyConfig)`` makes ``algo=my-algo`` a choice of ``metarl train``,
+``metarl evaluate`` and ``metarl algos``: ``MyAgent`` has the members of :class:`metarl.agent.MetaAgent` and
+``MyConfig`` is a dataclass subclass of :class:`metarl.config.RunConfig` with the algorithm's own fields.
+
+The suite's own families and algorithms register themselves when the packages ``envs`` and ``agents`` are imported;
+the first lookup or listing imports them (:func:`load_builtins`, the one place they are named). A user's family or
+algorithm is registered the same way from the user's module (``scripts/custom_family_example.py``,
+``scripts/custom_agent_example.py``).
 """
 
 from __future__ import annotations
@@ -15,16 +22,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
 import re
 from typing import Any
 
 import gymnasium as gym
 import torch
 
+from metarl.agent import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS, MetaAgent
+from metarl.config import RunConfig
+from metarl.distributed import Workers
 from metarl.env import TaskHolder
 from metarl.tasks import TaskFamily
 
 NAMESPACE = "MetaRL"
+BUILTIN_PACKAGES = ("envs", "agents")
+"""The packages whose import registers the suite's own families and algorithms."""
 _ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -132,18 +145,121 @@ def _qualified_name(cls: type) -> str:
 
 def list_families() -> list[str]:
     """Ids of all registered families, sorted."""
+    load_builtins()
     return sorted(_FAMILIES)
 
 
 def family_spec(env_id: str) -> FamilySpec:
     """Look up a registered family by id; an unknown id raises ``ValueError`` listing the closest ids."""
+    load_builtins()
     if env_id in _FAMILIES:
         return _FAMILIES[env_id]
-    close = difflib.get_close_matches(env_id, list(_FAMILIES), n=3, cutoff=0.4)
-    hint = f"did you mean {', '.join(close)}?" if close else f"registered: {', '.join(list_families()) or 'none'}"
-    raise ValueError(f"unknown family id {env_id!r}; {hint} (the suite's families are registered by `import envs`)")
+    raise ValueError(
+        f"unknown family id {env_id!r}; {_closest(env_id, list(_FAMILIES))} (a family of your own: "
+        "`metarl --import your_module`)"
+    )
+
+
+def _closest(name: str, registered: list[str]) -> str:
+    close = difflib.get_close_matches(name, registered, n=3, cutoff=0.4)
+    return f"did you mean {', '.join(close)}?" if close else f"registered: {', '.join(sorted(registered)) or 'none'}"
 
 
 def make_family(env_id: str, **kwargs: Any) -> TaskFamily:
     """Build the registered family ``env_id`` with its defaults updated by ``kwargs``."""
     return family_spec(env_id).make_family(**kwargs)
+
+
+def load_builtins() -> None:
+    """Import the suite's own packages (:data:`BUILTIN_PACKAGES`), which register its families and algorithms; a
+    no-op after the first call."""
+    for package in BUILTIN_PACKAGES:
+        importlib.import_module(package)
+
+
+# -- algorithms --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """What the registry knows about one registered algorithm."""
+
+    name: str
+    """The ``algo`` value that picks it."""
+    agent_class: type[MetaAgent]
+    """The class, constructed as ``agent_class(family, config, device, workers)``."""
+    config_class: type[RunConfig]
+    """Its config: the run's common fields and the algorithm's own."""
+
+    def make_agent(self, family: TaskFamily, config: RunConfig, device: torch.device, workers: Workers) -> MetaAgent:
+        """The agent for ``config`` (an instance of ``config_class``) on ``family``."""
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"algo {self.name!r} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        return self.agent_class(family, config, device, workers)
+
+
+_AGENTS: dict[str, AgentSpec] = {}
+
+
+def register_agent(name: str, agent_class: type, config_class: type[RunConfig]) -> str:
+    """Register an algorithm under ``name`` (the ``algo`` config value).
+
+    Args:
+        name: letters, digits, ``_`` or ``-``.
+        agent_class: a class with the members of :class:`metarl.agent.MetaAgent`.
+        config_class: a dataclass subclass of :class:`metarl.config.RunConfig` holding the algorithm's fields.
+
+    Returns:
+        ``name``.
+
+    Raises:
+        TypeError: a class that lacks a member of the protocol, or a config class that is not a ``RunConfig``
+            dataclass.
+        ValueError: a bad name, or ``name`` already registered to other classes.
+    """
+    if not isinstance(name, str) or not _ID_PATTERN.match(name):
+        raise ValueError(f"an algorithm name must be letters, digits, '_' or '-', got {name!r}")
+    if not isinstance(agent_class, type):
+        raise TypeError(f"register_agent expects a class, got {agent_class!r}")
+    missing = [method for method in PROTOCOL_METHODS if not callable(getattr(agent_class, method, None))]
+    for attribute, kind in PROTOCOL_ATTRIBUTES.items():
+        if not isinstance(getattr(agent_class, attribute, None), kind):
+            missing.append(f"{attribute} ({kind.__name__})")
+    if missing:
+        raise TypeError(f"{agent_class.__name__} is not a metarl.agent.MetaAgent: it lacks {', '.join(missing)}")
+    if not (
+        isinstance(config_class, type)
+        and issubclass(config_class, RunConfig)
+        and dataclasses.is_dataclass(config_class)
+    ):
+        raise TypeError(f"config_class must be a dataclass subclass of metarl.config.RunConfig, got {config_class!r}")
+    existing = _AGENTS.get(name)
+    if existing is not None and (
+        _qualified_name(existing.agent_class) != _qualified_name(agent_class)
+        or _qualified_name(existing.config_class) != _qualified_name(config_class)
+    ):
+        raise ValueError(f"algo {name!r} is already registered to {_qualified_name(existing.agent_class)}")
+    _AGENTS[name] = AgentSpec(name=name, agent_class=agent_class, config_class=config_class)
+    return name
+
+
+def list_agents() -> list[str]:
+    """Names of all registered algorithms, sorted."""
+    load_builtins()
+    return sorted(_AGENTS)
+
+
+def agent_spec(name: str) -> AgentSpec:
+    """Look up a registered algorithm; an unknown name raises ``ValueError`` listing the closest names."""
+    load_builtins()
+    if name in _AGENTS:
+        return _AGENTS[name]
+    raise ValueError(
+        f"unknown algo {name!r}; {_closest(name, list(_AGENTS))} (an algorithm of your own: "
+        "`metarl --import your_module`)"
+    )
+
+
+def make_agent(
+    config: RunConfig, family: TaskFamily, device: torch.device, workers: Workers | None = None
+) -> MetaAgent:
+    """The agent of ``config.algo`` for ``family`` on ``device`` (one process unless ``workers`` says otherwise)."""
+    return agent_spec(config.algo).make_agent(family, config, device, workers or Workers())

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from metarl.tasks import TaskFamily
-from metarl.vector import TorchVectorEnv, set_vector_tasks
+from metarl.tasks import TaskFamily, set_vector_tasks
+from metarl.vector import TorchVectorEnv
 
 # After an episode ends its sub-env keeps stepping until the slowest episode of the batch ends; those steps are
 # masked out. Both modes below make that safe (NEXT_STEP resets, SAME_STEP has reset already); DISABLED would step
@@ -255,3 +255,31 @@ def numeric_step_infos(info: dict[str, Any], num_envs: int) -> dict[str, Any]:
             ended = np.asarray(final_info[f"_{key}"], dtype=bool)
             kept[key] = np.where(ended, value, kept[key]) if key in kept else np.where(ended, value, 0)
     return kept
+
+
+class RandomPolicy:
+    """Acts uniformly at random in a Box or Discrete action space, from its own seeded generator.
+
+    Usable wherever :class:`RolloutPolicy` is: called with observations ``[T, E, ...]`` it returns
+    actions ``[T, E, *action_shape]`` on the observations' device.
+    """
+
+    def __init__(self, action_space: gym.Space, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        if not isinstance(action_space, gym.spaces.Box | gym.spaces.Discrete):
+            raise TypeError(f"RandomPolicy supports Box and Discrete action spaces, got {action_space!r}")
+        self.action_space = action_space
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        if isinstance(action_space, gym.spaces.Box):
+            self._low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
+            self._high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
+
+    def __call__(self, observations: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        batch_shape = observations.shape[:2]  # [T, E]
+        device = self.generator.device
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            start, n = int(self.action_space.start), int(self.action_space.n)
+            actions = torch.randint(start, start + n, batch_shape, generator=self.generator, device=device)
+        else:
+            uniform = torch.rand((*batch_shape, *self.action_space.shape), generator=self.generator, device=device)
+            actions = self._low + (self._high - self._low) * uniform
+        return actions.to(observations.device)

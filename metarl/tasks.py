@@ -176,8 +176,6 @@ class TaskFamily(ABC, Generic[TaskT]):
         """
         if self.vector_env_class is not None:
             return self.vector_env_class(self, num_envs, tasks, device, autoreset_mode)
-        from metarl.vector import set_vector_tasks  # local import: vector.py imports this module
-
         check_count("num_envs", num_envs)
         envs = gym.vector.SyncVectorEnv(
             [self.make_env for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode(autoreset_mode)
@@ -240,3 +238,17 @@ def split_sizes(num_tasks: int, fractions: Sequence[float]) -> tuple[int, int, i
             "use more tasks or larger fractions"
         )
     return num_train, num_validation, num_test
+
+
+def set_vector_tasks(envs: gym.vector.VectorEnv, tasks: Sequence[Any]) -> None:
+    """Give sub-env ``i`` of any vector env ``tasks[i]`` (effective at its next reset), in one call.
+
+    Native batched envs (anything with ``set_tasks``: :class:`TorchVectorEnv`, the MuJoCo batched env) take them
+    at once; Gymnasium's Sync/Async vector envs get them through ``set_attr`` on each sub-env's ``task`` property.
+    """
+    if len(tasks) != envs.num_envs:
+        raise ValueError(f"need one task per sub-env ({envs.num_envs}), got {len(tasks)}")
+    if callable(getattr(envs, "set_tasks", None)):
+        envs.set_tasks(tasks)
+    else:
+        envs.set_attr("task", list(tasks))

@@ -6,12 +6,9 @@ pre-adaptation episodes, adapts, collects post-adaptation episodes and meta-upda
 return are kept; the final evaluation runs on held-out *test* tasks with those parameters. Checkpoints hold
 everything needed to resume exactly: parameters, every random state, the iteration and the best validation score.
 
-An agent plugs in by providing ``train_step(tasks, rng) -> metrics``; ``adaptation_curve(tasks, rng, num_points) ->
-AdaptationCurve``, each task's mean return (and success rate) at each point of adaptation (after 0..K gradient steps
-for MAML, at each episode of a trial for RL²; ``default_num_points()`` of them), named by its ``curve_label``
-(``"step"`` or ``"episode"``); ``selection_score(curve)``, the validation number the kept parameters maximise, from
-the mean return at each point; ``state_dict()`` / ``load_state_dict()``; and a ``policy`` module. The validation
-and test evaluations here and ``metarl evaluate`` all use ``adaptation_curve``.
+The loop names no algorithm: it builds the agent registered under ``config.algo`` (:func:`metarl.registry.make_agent`)
+and uses only the members of :class:`metarl.agent.MetaAgent`. A meta-update that yields non-finite metrics or state
+is undone as a whole: parameters, optimiser state, normalisers, learned step sizes (``state_dict`` round trip).
 
 Under ``torchrun`` the same loop runs in every process (:mod:`metarl.distributed`): each draws the same meta-batch,
 the agent samples and adapts its block of it and reduces what the update needs across processes, and only rank 0
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.agent import CurveKind, MetaAgent
 from metarl.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -42,10 +40,9 @@ from metarl.checkpoint import (
     save_checkpoint,
     write_text_atomically,
 )
-from metarl.config import TrainConfig, config_to_json, load_run_config
+from metarl.config import RunConfig, config_to_json
 from metarl.device import resolve_device, set_threads
 from metarl.distributed import (
-    DISTRIBUTED_ALGOS,
     Workers,
     close_workers,
     init_workers,
@@ -54,7 +51,8 @@ from metarl.distributed import (
     local_device,
 )
 from metarl.logging import RunLogger
-from metarl.registry import make_family
+from metarl.presets import load_run_config
+from metarl.registry import agent_spec, list_agents, make_agent, make_family
 from metarl.seeding import seed_everything
 from metarl.tasks import TaskFamily
 
@@ -66,10 +64,10 @@ class RunResult:
     run_dir: Path
     """The run folder: config, metrics, TensorBoard events, checkpoints, results."""
     test_returns: list[float]
-    """Mean return on held-out test tasks at each point of the agent's adaptation curve (see ``curve_label``)."""
-    curve_label: str
-    """``"step"``: ``test_returns[k]`` is after k gradient steps (MAML); ``"episode"``: it is episode k + 1 of a
-    trial (RL²)."""
+    """Mean return on held-out test tasks at each point of the agent's adaptation curve (see ``curve_kind``)."""
+    curve_kind: CurveKind
+    """``step``: ``test_returns[k]`` is after k gradient steps (MAML); ``episode``: it is episode k + 1 of a trial
+    (RL²)."""
     best_validation_return: float
     """The validation score (the agent's ``selection_score``) of the kept parameters."""
     iterations: int
@@ -87,41 +85,8 @@ class RunResult:
     """The last parameters' success rate, where the family defines success."""
 
 
-def make_agent(config: TrainConfig, family: TaskFamily, device: torch.device, workers: Workers | None = None) -> Any:
-    """The agent named by ``config.algo``; ``workers`` for the agents that train across processes."""
-    if config.algo in ("maml-trpo", "maml-ppo"):
-        from agents.maml import MAML
-
-        return MAML(family, config, device, workers)
-    if config.algo == "reptile":
-        from agents.reptile import Reptile
-
-        return Reptile(family, config, device, workers)
-    if config.algo == "rl2":
-        from agents.rl2 import RL2
-
-        return RL2(family, config, device, workers)
-    if config.algo == "pretrain-trpo":
-        from agents.pretrain import MultiTaskPretrain
-
-        return MultiTaskPretrain(family, config, device, workers)
-    if config.algo == "oracle-ppo":
-        from agents.oracle import OraclePPO
-
-        return OraclePPO(family, config, device)
-    if config.algo == "random":
-        from agents.random_policy import RandomAgent
-
-        return RandomAgent(family, config, device)
-    if config.algo == "classical":
-        from agents.classical import ClassicalMetaAgent
-
-        return ClassicalMetaAgent(family, config, device)
-    raise ValueError(f"unknown algo {config.algo!r}")
-
-
 def train(
-    config: TrainConfig | None,
+    config: RunConfig | None,
     resume: str | Path | None = None,
     run_dir: str | Path | None = None,
     iterations: int | None = None,
@@ -185,7 +150,7 @@ def train(
 
 
 def _train(
-    config: TrainConfig,
+    config: RunConfig,
     family: TaskFamily,
     split: Any,
     device: torch.device,
@@ -222,16 +187,16 @@ def _train(
             indices = task_rng.choice(len(split.train), config.meta_batch_size, replace=few_tasks)
             tasks = [split.train[i] for i in indices]
             iteration_started = time.perf_counter()
-            metrics = _guarded_train_step(agent, tasks, task_rng)
+            metrics = guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
             if done % config.eval_interval == 0 or done == config.iterations:
                 validation = agent.adaptation_curve(validation_tasks, task_rng, agent.default_num_points())
                 curve, success = validation.means_over_tasks()
-                metrics.update(_curve_metrics("validation/return", agent.curve_label, curve))
+                metrics.update(_curve_metrics("validation/return", agent.curve_kind, curve))
                 if success is not None:
-                    metrics.update(_curve_metrics("validation/success", agent.curve_label, success))
+                    metrics.update(_curve_metrics("validation/success", agent.curve_kind, success))
                 if logger is not None:
-                    logger.log_curve(done, "validation", agent.curve_label, curve, success)
+                    logger.log_curve(done, "validation", agent.curve_kind, curve, success)
                 score = agent.selection_score(curve)
                 if score > best_validation:
                     best_validation = score
@@ -243,7 +208,7 @@ def _train(
                 continue
             logger.log(done, metrics)
             if config.progress:
-                _print_progress(done, config.iterations, metrics)
+                _print_progress(done, config.iterations, metrics, agent.progress_metrics)
             if done % config.checkpoint_interval == 0 or done == config.iterations:
                 state = {
                     "agent": agent.state_dict(),
@@ -283,7 +248,7 @@ def _train(
     result = RunResult(
         run_dir=run_dir,
         test_returns=test_returns,
-        curve_label=agent.curve_label,
+        curve_kind=agent.curve_kind,
         best_validation_return=best_validation,
         test_success=test_success,
         iterations=config.iterations,
@@ -298,16 +263,17 @@ def _train(
     return result
 
 
-def _check_splittable(config: TrainConfig) -> None:
+def _check_splittable(config: RunConfig) -> None:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): an agent that trains across processes and task counts that give
     every process at least one task."""
     world_size = launched_world_size()
     if world_size == 1:
         return
-    if config.algo not in DISTRIBUTED_ALGOS:
+    if not agent_spec(config.algo).agent_class.trains_across_processes:
+        allowed = [name for name in list_agents() if agent_spec(name).agent_class.trains_across_processes]
         raise ValueError(
             f"algo {config.algo!r} does not train across processes (WORLD_SIZE={world_size}); "
-            f"allowed under torchrun: {', '.join(DISTRIBUTED_ALGOS)}"
+            f"allowed under torchrun: {', '.join(allowed)}"
         )
     for field in ("meta_batch_size", "eval_tasks", "test_tasks"):
         if getattr(config, field) < world_size:
@@ -317,29 +283,53 @@ def _check_splittable(config: TrainConfig) -> None:
             )
 
 
-def _guarded_train_step(agent: Any, tasks: list[Any], rng: np.random.Generator) -> dict[str, float]:
-    """One agent step; a step that yields non-finite parameters or metrics is undone, never saved."""
-    before = {name: value.detach().clone() for name, value in agent.policy.state_dict().items()}
+def guarded_train_step(agent: MetaAgent, tasks: list[Any], rng: np.random.Generator) -> dict[str, float]:
+    """One agent step; a step that yields non-finite metrics or state is undone as a whole (the agent's
+    ``state_dict`` before it is restored: parameters, optimiser state, normalisers, learned step sizes), never saved.
+    The metrics then say ``errors/skipped_update``."""
+    before = _cloned(agent.state_dict())
     try:
         metrics = agent.train_step(tasks, rng)
-        finite = all(math.isfinite(value) for value in metrics.values()) and all(
-            bool(torch.isfinite(value).all()) for value in agent.policy.state_dict().values()
-        )
+        finite = all(math.isfinite(value) for value in metrics.values()) and _all_finite(agent.state_dict())
     except FloatingPointError as error:
         metrics, finite = {}, False
         print(f"skipped a meta-update: {error}", file=sys.stderr)
     if not finite:
-        agent.policy.load_state_dict(before)
+        agent.load_state_dict(before)
         metrics = {key: value for key, value in metrics.items() if math.isfinite(value)}
         metrics["errors/skipped_update"] = 1.0
     return metrics
 
 
-def _curve_metrics(prefix: str, curve_label: str, curve: list[float]) -> dict[str, float]:
+def _cloned(state: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors no longer share memory with the agent's."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: _cloned(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_cloned(value) for value in state)
+    return state
+
+
+def _all_finite(state: Any) -> bool:
+    """Whether every floating-point tensor and float in a (nested) state dict is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, float):
+        return math.isfinite(state)
+    if isinstance(state, dict):
+        return all(_all_finite(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return all(_all_finite(value) for value in state)
+    return True
+
+
+def _curve_metrics(prefix: str, curve_kind: CurveKind, curve: list[float]) -> dict[str, float]:
     """``validation/return_step_0..K`` (MAML) or ``validation/return_episode_1..n`` (RL²), likewise
     ``validation/success_...`` for the success rate."""
-    first = 0 if curve_label == "step" else 1
-    return {f"{prefix}_{curve_label}_{k + first}": value for k, value in enumerate(curve)}
+    first = curve_kind.first_point
+    return {f"{prefix}_{curve_kind}_{k + first}": value for k, value in enumerate(curve)}
 
 
 def _first_tasks(tasks: Sequence[Any], count: int) -> tuple[Any, ...]:
@@ -348,11 +338,10 @@ def _first_tasks(tasks: Sequence[Any], count: int) -> tuple[Any, ...]:
     return tuple(tasks[i % len(tasks)] for i in range(count))
 
 
-def _new_run_dir(config: TrainConfig) -> Path:
+def _new_run_dir(config: RunConfig) -> Path:
     family = config.family.replace("/", "_")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    algo = f"classical-{config.classical_agent}" if config.algo == "classical" else config.algo
-    return Path(config.run_root) / f"{family}__{algo}__{config.seed}__{stamp}"
+    return Path(config.run_root) / f"{family}__{config.run_label()}__{config.seed}__{stamp}"
 
 
 def _drop_metrics_after(path: Path, iteration: int) -> None:
@@ -363,14 +352,7 @@ def _drop_metrics_after(path: Path, iteration: int) -> None:
     write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
-def _print_progress(done: int, total: int, metrics: dict[str, float]) -> None:
-    shown = (
-        "meta/return_step",
-        "meta/trial_return",
-        "meta/return_first_episode",
-        "meta/return_last_episode",
-        "meta/return_pre_adapt",
-    )
+def _print_progress(done: int, total: int, metrics: dict[str, float], shown: tuple[str, ...]) -> None:
     returns = " ".join(
         f"{key.split('/')[-1].replace('return_', '')} {value:8.2f}"
         for key, value in metrics.items()

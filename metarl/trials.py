@@ -23,8 +23,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from metarl.rollout import SUCCESS_KEY, numeric_step_infos
-from metarl.tasks import TaskFamily, check_count
-from metarl.vector import TorchVectorEnv, set_vector_tasks
+from metarl.tasks import TaskFamily, check_count, set_vector_tasks
+from metarl.vector import TorchVectorEnv
 
 
 class TrialInputs(NamedTuple):

@@ -385,17 +385,3 @@ def _info_to_numpy(info: dict[str, torch.Tensor], stepped: np.ndarray | None = N
         else:
             out[f"_{key}"] = np.ones(len(value), dtype=bool) if stepped is None else stepped
     return out
-
-
-def set_vector_tasks(envs: gym.vector.VectorEnv, tasks: Sequence[Any]) -> None:
-    """Give sub-env ``i`` of any vector env ``tasks[i]`` (effective at its next reset), in one call.
-
-    Native batched envs (anything with ``set_tasks``: :class:`TorchVectorEnv`, the MuJoCo batched env) take them
-    at once; Gymnasium's Sync/Async vector envs get them through ``set_attr`` on each sub-env's ``task`` property.
-    """
-    if len(tasks) != envs.num_envs:
-        raise ValueError(f"need one task per sub-env ({envs.num_envs}), got {len(tasks)}")
-    if callable(getattr(envs, "set_tasks", None)):
-        envs.set_tasks(tasks)
-    else:
-        envs.set_attr("task", list(tasks))

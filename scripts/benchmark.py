@@ -49,8 +49,8 @@ from gymnasium.vector import AutoresetMode
 
 import envs as _envs  # noqa: F401 - registers the suite's families
 from metarl.registry import family_spec
-from metarl.tasks import TaskFamily
-from metarl.vector import TorchVectorEnv, set_vector_tasks
+from metarl.tasks import TaskFamily, set_vector_tasks
+from metarl.vector import TorchVectorEnv
 
 LIGHT_FAMILIES = ("MetaRL/Bandit-v0", "MetaRL/TabularMDP-v0", "MetaRL/Navigation2D-v0", "MetaRL/SparsePointRobot-v0")
 """The families with a cheap native batched env; the default set."""
@@ -571,8 +571,8 @@ def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
     product by double backward through the per-task adaptations. The implementations' meta-iterations are
     interleaved, each agent starting from the same seed.
     """
-    from agents.maml import MAML
-    from metarl.config import load_config
+    from agents.maml_trpo import MAMLTRPO
+    from metarl.presets import load_config
     from metarl.registry import make_family
     from metarl.seeding import seed_everything
 
@@ -594,7 +594,7 @@ def benchmark_maml(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
         family = make_family(config.family, **config.family_kwargs)
         split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
         seed_everything(args.seed)
-        agent = MAML(family, config, torch.device("cpu"))
+        agent = MAMLTRPO(family, config, torch.device("cpu"))
         step = _per_task_meta_iteration if implementation == "per_task" else _batched_meta_iteration
         runs[implementation] = (agent, split, np.random.default_rng(args.seed), step, [])
     for _ in range(args.maml_iterations):
@@ -628,7 +628,7 @@ def _batched_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Gen
 
 
 def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
-    from agents.maml import _detach, _detach_distribution
+    from agents.inner_loop import detach_distribution, detach_params
     from metarl.optim import flatten_tensors, unflatten_like
 
     config = agent.config
@@ -641,8 +641,8 @@ def _per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Ge
     olds = []
     for batch in batches:
         adapted = agent.adapt_per_task(theta, batch.inner, create_graph=False)
-        old = agent.policy.distribution(batch.post.observations, _detach(adapted))
-        olds.append((old.log_prob(batch.post.actions).detach(), _detach_distribution(old)))
+        old = agent.policy.distribution(batch.post.observations, detach_params(adapted))
+        olds.append((old.log_prob(batch.post.actions).detach(), detach_distribution(old)))
 
     def total(params: dict[str, torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         losses, kls = [], []
@@ -691,7 +691,7 @@ def benchmark_rl2(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
     other in this process, so their ratios are measured side by side.
     """
     from agents.rl2 import RL2
-    from metarl.config import load_config
+    from metarl.presets import load_config
     from metarl.registry import make_family
     from metarl.seeding import seed_everything
 
@@ -768,7 +768,9 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 2
     iterations = 3 if args.quick else args.distributed_iterations
     quick = {"maml": ["meta_batch_size=4", "episodes_per_task=4"], "rl2": ["meta_batch_size=16", "ppo_epochs=1"]}
-    common = ["eval_tasks=4", "test_tasks=4", "eval_steps=1", "progress=false", f"seed={args.seed}"]
+    # one adaptation step at validation for MAML (RL²'s curve is its trial)
+    evaluation = {"maml": ["eval_steps=1"], "rl2": []}
+    common = ["eval_tasks=4", "test_tasks=4", "progress=false", f"seed={args.seed}"]
     settings = [(device, processes) for device in args.devices for processes in args.processes]
     data: dict[str, Any] = {
         **run_header(torch.device("cuda" if "cuda" in args.devices else "cpu"), argv),
@@ -789,8 +791,16 @@ def benchmark_distributed(args: argparse.Namespace, argv: Sequence[str]) -> dict
             for name, (preset, run_overrides) in DISTRIBUTED_RUNS.items():
                 for device, processes in settings:
                     run_root = Path(scratch) / f"{name}-{device}-{processes}-{repeat}"
-                    smaller = quick["rl2" if preset.startswith("rl2") else "maml"] if args.quick else []
-                    overrides = [*run_overrides, *smaller, *common, f"iterations={iterations}", f"device={device}"]
+                    kind = "rl2" if preset.startswith("rl2") else "maml"
+                    smaller = quick[kind] if args.quick else []
+                    overrides = [
+                        *run_overrides,
+                        *smaller,
+                        *common,
+                        *evaluation[kind],
+                        f"iterations={iterations}",
+                        f"device={device}",
+                    ]
                     records = _timed_training_run(preset, overrides, processes, run_root)
                     timings.setdefault((name, device, processes), []).extend(records)
     print(f"median seconds per meta-iteration ({repeats} run(s) x {iterations - 2} timed iteration(s) each)")

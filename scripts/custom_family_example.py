@@ -66,8 +66,7 @@ LINE_GOAL_ID = metarl.register_family(LineGoal)
 
 
 def main() -> None:
-    from agents.random_policy import RandomPolicy
-    from metarl.rollout import collect_episodes
+    from metarl.rollout import RandomPolicy, collect_episodes
 
     env = gym.make(LINE_GOAL_ID)  # the single env, like any Gymnasium id
     env.reset(seed=0)

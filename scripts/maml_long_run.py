@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 import envs  # noqa: F401 - registers the families
-from agents.maml import MAML
+from agents.maml_trpo import MAMLTRPO
 from metarl import trainer
 from metarl.checkpoint import BEST_CHECKPOINT, load_checkpoint, write_text_atomically
-from metarl.config import load_config, load_run_config
 from metarl.evaluate import evaluate_run
+from metarl.presets import load_config, load_run_config
 from metarl.rollout import EpisodeBatch
 
 WINDOWS = [(0, 10), (10, 20), (20, 50), (50, 100), (100, 150), (150, 200), (200, 300), (300, 400), (400, 500)]
@@ -49,7 +49,7 @@ def windowed(values: Sequence[float], windows: Sequence[tuple[int, int]]) -> dic
     return {f"{a}-{b - 1}": float(np.mean(values[a:b])) for a, b in windows if len(values) >= b}
 
 
-def float64_agent(agent_class: type[MAML]) -> type[MAML]:
+def float64_agent(agent_class: type[MAMLTRPO]) -> type[MAMLTRPO]:
     """``agent_class`` computing in float64: the policy's parameters, its action sampling and every episode tensor
     (the envs stay float32), to tell rounding from the algorithm."""
 
@@ -67,7 +67,7 @@ def float64_agent(agent_class: type[MAML]) -> type[MAML]:
 
 
 def train_runs(args: argparse.Namespace) -> None:
-    agent_class = MAML
+    agent_class = MAMLTRPO
     if args.autograd:
         from agents.maml_autograd import AutogradMAML
 
@@ -75,7 +75,7 @@ def train_runs(args: argparse.Namespace) -> None:
     if args.float64:
         agent_class = float64_agent(agent_class)
     make_agent = trainer.make_agent
-    if agent_class is not MAML:
+    if agent_class is not MAMLTRPO:
         # the trainer builds agents by algo name; these variants are not algorithms of their own
         trainer.make_agent = lambda config, family, device, workers=None: agent_class(family, config, device, workers)
     try:

@@ -26,14 +26,15 @@ import torch
 
 import envs  # noqa: F401 - registers the families
 from agents import maml_autograd
-from agents.maml import MAML, MetaBatch, _detach, _detach_distribution
+from agents.inner_loop import MetaBatch, detach_distribution, detach_params, mean_kl
+from agents.maml_trpo import MAMLTRPO
 from metarl.checkpoint import load_checkpoint, write_text_atomically
-from metarl.config import load_run_config
 from metarl.optim import conjugate_gradient, flatten_tensors, trpo_step_size, unflatten_like
+from metarl.presets import load_run_config
 from metarl.registry import make_family
 
 
-def in_float64(agent: MAML, batch: MetaBatch) -> tuple[MAML, MetaBatch]:
+def in_float64(agent: MAMLTRPO, batch: MetaBatch) -> tuple[MAMLTRPO, MetaBatch]:
     """A float64 copy of the agent and of the batch (advantages recomputed from the float64 episodes)."""
     agent = copy.deepcopy(agent)
     agent.policy.double()
@@ -43,7 +44,7 @@ def in_float64(agent: MAML, batch: MetaBatch) -> tuple[MAML, MetaBatch]:
 
 
 def natural_direction(
-    agent: MAML, batch: MetaBatch, fraction: float
+    agent: MAMLTRPO, batch: MetaBatch, fraction: float
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """TRPO's CG direction and its curvature product, with the curvature on ``fraction`` of the episodes."""
     agent.config = copy.copy(agent.config)
@@ -56,7 +57,7 @@ def natural_direction(
     return direction, product
 
 
-def plain_direction(agent: MAML, batch: MetaBatch) -> torch.Tensor:
+def plain_direction(agent: MAMLTRPO, batch: MetaBatch) -> torch.Tensor:
     """The plain autograd implementation's CG direction (float64 agent and batch)."""
     problem = maml_autograd.trpo_problem(agent, batch.episodes)
     return maml_autograd.conjugate_gradient(
@@ -64,7 +65,7 @@ def plain_direction(agent: MAML, batch: MetaBatch) -> torch.Tensor:
     )
 
 
-def step_effects(agent: MAML, batch: MetaBatch, step: torch.Tensor) -> dict[str, float]:
+def step_effects(agent: MAMLTRPO, batch: MetaBatch, step: torch.Tensor) -> dict[str, float]:
     """KL of the pre-adaptation policy, post-adaptation KL and surrogate change for the parameters ``θ - step``."""
     theta = {name: value.detach() for name, value in agent.policy.named_parameters()}
     flat = flatten_tensors(list(theta.values()))
@@ -73,12 +74,12 @@ def step_effects(agent: MAML, batch: MetaBatch, step: torch.Tensor) -> dict[str,
     with torch.no_grad():
         old_pre = agent.policy.distribution(pre.observations, theta)
         new_pre = agent.policy.distribution(pre.observations, candidate)
-        pre_kl = MAML._mean_kl(new_pre, old_pre, pre.weights)
+        pre_kl = mean_kl(new_pre, old_pre, pre.weights)
     num_tasks = batch.shard.size
     old_adapted = agent.adaptation_points(theta, batch.inner, num_tasks)[-1]
     new_adapted = agent.adaptation_points(candidate, batch.inner, num_tasks)[-1]
     with torch.no_grad():
-        old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(old_adapted)))
+        old = detach_distribution(agent.policy.distribution(batch.post.observations, detach_params(old_adapted)))
         old_log_probs = old.log_prob(batch.post.actions)
         loss_before, _ = agent.surrogate(old_adapted, batch.post, old_log_probs, old)
         loss_after, post_kl = agent.surrogate(new_adapted, batch.post, old_log_probs, old)
@@ -94,7 +95,7 @@ def diagnose(run_dir: Path, checkpoint: Path, seed: int) -> dict:
     config = load_run_config(run_dir)
     family = make_family(config.family, **config.family_kwargs)
     torch.manual_seed(seed)
-    agent = MAML(family, config, torch.device("cpu"))
+    agent = MAMLTRPO(family, config, torch.device("cpu"))
     state = load_checkpoint(checkpoint)
     agent.load_state_dict(state["agent"])
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)

@@ -32,8 +32,8 @@ import torch
 import envs  # noqa: F401 - registers the families
 from agents.classical import classical_agent_names, make_classical_agent
 from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
-from metarl.config import load_config, load_run_config
 from metarl.device import set_threads
+from metarl.presets import load_config, load_run_config
 from metarl.registry import make_family
 from metarl.trainer import train
 from metarl.trials import TrialBatch, collect_trials, make_trial_envs

@@ -10,6 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -105,7 +106,11 @@ TINY_TRAIN_CONFIG = {
 
 # the same for RL²: 8 trials of 4 pulls of a 3-armed bandit per iteration, a GRU of 16 units
 TINY_RL2_CONFIG = {
-    **TINY_TRAIN_CONFIG,
+    **{
+        key: value
+        for key, value in TINY_TRAIN_CONFIG.items()
+        if key not in ("episodes_per_task", "hidden_sizes", "eval_steps")
+    },
     "algo": "rl2",
     "family": "MetaRL/Bandit-v0",
     "family_kwargs": {"num_arms": 3},
@@ -117,6 +122,16 @@ TINY_RL2_CONFIG = {
     "eval_tasks": 8,
     "test_tasks": 8,
 }
+
+
+def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
+    """:data:`TINY_TRAIN_CONFIG` for ``algo``: the keys its config class has (a baseline without a policy network has
+    no ``hidden_sizes``, say), then ``overrides``."""
+    from metarl.config import field_names
+    from metarl.registry import agent_spec
+
+    fields = set(field_names(agent_spec(algo).config_class))
+    return {**{key: value for key, value in TINY_TRAIN_CONFIG.items() if key in fields}, "algo": algo, **overrides}
 
 
 def load_script(name: str) -> ModuleType:

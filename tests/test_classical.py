@@ -305,7 +305,7 @@ def test_bad_settings_raise() -> None:
 
 # -- as a meta-agent: trained and evaluated through the command line like every agent --------------------------------
 def classical_config(tmp_path, **overrides: Any):
-    from metarl.config import config_from_dict
+    from metarl.presets import config_from_dict
 
     values = {
         "algo": "classical",
@@ -335,7 +335,7 @@ def test_a_classical_run_is_evaluated_like_rl2(tmp_path) -> None:
     curves = {}
     for run in (gittins, random):
         evaluation = evaluate_run(run, num_tasks=200, seeds=(0, 1))
-        assert (evaluation.curve_label, evaluation.points, evaluation.success) == ("episode", tuple(range(1, 11)), None)
+        assert (evaluation.curve_kind, evaluation.points, evaluation.success) == ("episode", tuple(range(1, 11)), None)
         curves[run] = evaluation.per_task().mean(axis=1)
         again = evaluate_run(run, num_tasks=200, seeds=(0, 1))
         assert np.array_equal(again.returns, evaluation.returns)
@@ -348,7 +348,7 @@ def test_a_classical_run_is_evaluated_like_rl2(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"classical_agent": "nope"}, "unknown classical agent 'nope'; allowed:"),
+        ({"classical_agent": "nope"}, "unknown classical_agent 'nope'; allowed:"),
         ({"classical_agent": "psrl"}, "classical agent 'psrl' supports ['TabularMDP'] families"),
         ({"family": "MetaRL/Navigation2D-v0", "family_kwargs": {}}, "supports ['Bandit'] families"),
     ],

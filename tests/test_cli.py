@@ -45,7 +45,7 @@ def test_demo_is_deterministic(capsys):
         (["demo", "--tasks", "0"], "must be an int >= 1, got 0"),
         (["demo", "--episodes", "-3"], "must be an int >= 1, got -3"),
         (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
-        (["train", "--algo", "rl3"], "invalid choice: 'rl3'"),
+        (["train", "--algo", "rl3"], "unknown algo 'rl3'; did you mean rl2"),
         (["--threads", "0", "families"], "must be an int >= 1, got 0"),
         (["--import", "no_such_module_here", "families"], "No module named 'no_such_module_here'"),
         (["--import", "missing_file.py", "families"], "missing_file.py: no such file"),

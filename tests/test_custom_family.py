@@ -13,10 +13,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from agents.random_policy import RandomPolicy
 from metarl import list_families, make_family
 from metarl.cli import main as cli_main
-from metarl.rollout import collect_episodes
+from metarl.rollout import RandomPolicy, collect_episodes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "scripts" / "custom_family_example.py"
 

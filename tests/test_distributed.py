@@ -14,19 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
+from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, tiny_values
 from torch.distributions import Categorical, Independent, Normal
 
 from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from metarl.config import config_from_dict
 from metarl.distributed import TaskShard, Workers, sample_actions
+from metarl.presets import config_from_dict
 from metarl.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
 # TRPO's conjugate gradient with the paper's damping (1e-5) amplifies the float-order differences of summing over
 # processes to ~1 % of a step (docs/distributed.md); with damping 0.1 one and two processes agree to ~1e-6
-TRPO_CONFIG = {**TINY_TRAIN_CONFIG, "meta_batch_size": 5, "cg_damping": 0.1, "seed": 1}
+MAML_CONFIG = {**TINY_TRAIN_CONFIG, "meta_batch_size": 5, "seed": 1}
+TRPO_CONFIG = {**MAML_CONFIG, "cg_damping": 0.1}
 # 7 trials over 2 processes: blocks of 3 and 4, so minibatches hold uneven shares (and sometimes none) of a process's
 RL2_CONFIG = {**TINY_RL2_CONFIG, "meta_batch_size": 7, "eval_tasks": 5, "test_tasks": 5, "seed": 1}
 PARAMETER_TOLERANCE = 1e-4
@@ -163,7 +164,7 @@ def test_a_wrong_block_size_is_rejected():
 )
 def test_a_job_that_cannot_be_split_is_rejected_before_any_work(tmp_path, monkeypatch, changes, message):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    config = config_from_dict({**TINY_TRAIN_CONFIG, **changes, "run_root": str(tmp_path)})
+    config = config_from_dict({**tiny_values(changes.get("algo", "maml-trpo")), **changes, "run_root": str(tmp_path)})
     with pytest.raises(ValueError, match=message):
         train(config)
     assert list(tmp_path.iterdir()) == []
@@ -196,8 +197,8 @@ def test_maml_trpo_on_two_processes_matches_one_process_and_resumes_under_torchr
     "config",
     [
         RL2_CONFIG,
-        {**TRPO_CONFIG, "algo": "maml-ppo", "ppo_kl_coeff": 0.1},  # ProMP's penalty on the pre-adaptation policy
-        {**TRPO_CONFIG, "algo": "reptile"},
+        {**MAML_CONFIG, "algo": "maml-ppo", "ppo_kl_coeff": 0.1},  # ProMP's penalty on the pre-adaptation policy
+        {**MAML_CONFIG, "algo": "reptile"},
     ],
     ids=["rl2", "maml-ppo", "reptile"],
 )

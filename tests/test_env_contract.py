@@ -16,7 +16,8 @@ import metarl
 from envs import GoalTask, SparsePointRobot
 from metarl.env import TaskHolder
 from metarl.mujoco_envs import MuJoCoFamily, MuJoCoVectorEnv
-from metarl.vector import TorchVectorEnv, set_vector_tasks
+from metarl.tasks import set_vector_tasks
+from metarl.vector import TorchVectorEnv
 
 # positions are unbounded by design (also ignored in pyproject's filterwarnings)
 EXPECTED_CHECKER_WARNING = re.compile(r"Box observation space (minimum|maximum) value is")

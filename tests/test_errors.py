@@ -11,12 +11,10 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import metarl
-from agents.random_policy import RandomPolicy
 from envs import Bandit, BanditTask, GoalTask, Navigation2D, SparsePointRobot, TabularMDP, TabularMDPTask
 from metarl.registry import family_spec, make_family, register_family
-from metarl.rollout import collect_episodes
-from metarl.tasks import TaskFamily
-from metarl.vector import set_vector_tasks
+from metarl.rollout import RandomPolicy, collect_episodes
+from metarl.tasks import TaskFamily, set_vector_tasks
 
 NUM_ENVS = 3
 

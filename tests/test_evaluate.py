@@ -9,12 +9,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
+from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, tiny_values
 
+from metarl.agent import CurveKind
 from metarl.checkpoint import BEST_CHECKPOINT, save_checkpoint
 from metarl.cli import main as cli_main
-from metarl.config import config_from_dict
 from metarl.evaluate import Evaluation, bootstrap_ci, comparison_table, evaluate_run, write_evaluation
+from metarl.presets import config_from_dict
 from metarl.registry import make_family
 from metarl.trainer import train
 from metarl.vector import TorchVectorEnv
@@ -76,9 +77,9 @@ def test_evaluation_touches_only_the_requested_split(which, maml_run, rl2_run, m
 
 def test_maml_curve_is_steps_from_zero_and_rl2_curve_is_episodes_from_one(maml_run, rl2_run):
     maml = evaluate_run(maml_run, num_tasks=2, num_points=3)
-    assert (maml.curve_label, maml.points) == ("step", (0, 1, 2))
+    assert (maml.curve_kind, maml.points) == ("step", (0, 1, 2))
     rl2 = evaluate_run(rl2_run, num_tasks=2, num_points=6)  # more episodes than the 4 it was trained on
-    assert (rl2.curve_label, rl2.points) == ("episode", (1, 2, 3, 4, 5, 6))
+    assert (rl2.curve_kind, rl2.points) == ("episode", (1, 2, 3, 4, 5, 6))
 
 
 def test_the_same_checkpoint_and_seed_give_identical_numbers(maml_run, rl2_run):
@@ -184,7 +185,7 @@ def sparse_runs(tmp_path_factory):
     configs = {
         "maml-trpo": {**TINY_TRAIN_CONFIG, **SPARSE},
         "rl2": {**TINY_RL2_CONFIG, **SPARSE},
-        "random": {**TINY_TRAIN_CONFIG, **SPARSE, "algo": "random"},
+        "random": tiny_values("random", **SPARSE),
     }
     return [train(config_from_dict(config), run_dir=root / algo).run_dir for algo, config in configs.items()]
 
@@ -204,7 +205,8 @@ def test_success_rate_is_measured_where_the_family_defines_success(sparse_runs):
 def test_success_summary_of_known_values():
     success = np.array([[[0.0, 0.5, 1.0, 0.5]], [[0.0, 0.5, 1.0, 1.0]]])  # 2 seeds, 1 point, 4 tasks
     evaluation = Evaluation(
-        name="known", run_dir="", checkpoint="best", algo="maml-trpo", family="f", split="test", curve_label="step",
+        name="known", run_dir="", checkpoint="best", algo="maml-trpo", family="f", split="test",
+        curve_kind=CurveKind.STEP,
         points=(0,), task_indices=(0, 1, 2, 3), seeds=(0, 1), returns=np.zeros((2, 1, 4)), success=success,
     )  # fmt: skip
     assert np.array_equal(evaluation.per_task_success(), [[0.0, 0.5, 1.0, 0.75]])

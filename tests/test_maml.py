@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import envs  # noqa: F401 - registers the families
-from agents.maml import MAML, MetaBatch, PolicyGradientData, _detach, _detach_distribution
-from metarl.config import config_from_dict
+from agents.inner_loop import MetaBatch, PolicyGradientData, detach_distribution, detach_params, mean_kl
+from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors, unflatten_like
+from metarl.presets import config_from_dict
 from metarl.registry import make_family
 from metarl.trainer import train
 
@@ -29,7 +30,7 @@ def make_agent(num_inner_steps: int = 1, first_order: bool = False, family_id: s
     )
     family = make_family(family_id, horizon=6) if "Navigation" in family_id else make_family(family_id)
     torch.manual_seed(0)
-    agent = MAML(family, config, torch.device("cpu"))
+    agent = MAMLTRPO(family, config, torch.device("cpu"))
     tasks = family.sample_tasks(np.random.default_rng(0), config.meta_batch_size)
     batch = agent.sample(tasks, np.random.default_rng(1), num_inner_steps, evaluation=False)
     # float64 so that finite differences and 1e-8 agreement are meaningful
@@ -42,14 +43,14 @@ def make_agent(num_inner_steps: int = 1, first_order: bool = False, family_id: s
     return agent, batch
 
 
-def outer_objective(agent: MAML, batch: MetaBatch, params: dict, create_graph: bool):
+def outer_objective(agent: MAMLTRPO, batch: MetaBatch, params: dict, create_graph: bool):
     """The TRPO surrogate at adapt(params) with the old policy fixed at the agent's current parameters."""
     theta = dict(agent.policy.named_parameters())
     with torch.enable_grad():
-        old = agent.policy.distribution(batch.post.observations, _detach(agent.adapt(theta, batch.inner, False)))
+        old = agent.policy.distribution(batch.post.observations, detach_params(agent.adapt(theta, batch.inner, False)))
     old_log_probs = old.log_prob(batch.post.actions).detach()
     adapted = agent.adapt(params, batch.inner, create_graph=create_graph)
-    loss, kl = agent.surrogate(adapted, batch.post, old_log_probs, _detach_distribution(old))
+    loss, kl = agent.surrogate(adapted, batch.post, old_log_probs, detach_distribution(old))
     return loss, kl, adapted
 
 
@@ -111,10 +112,10 @@ def test_first_order_gradient_is_the_gradient_at_the_adapted_parameters():
     theta_detached = dict(agent.policy.named_parameters())
     with torch.enable_grad():
         old = agent.policy.distribution(
-            batch.post.observations, _detach(agent.adapt(theta_detached, batch.inner, False))
+            batch.post.observations, detach_params(agent.adapt(theta_detached, batch.inner, False))
         )
     loss_at_adapted, _ = agent.surrogate(
-        leaves, batch.post, old.log_prob(batch.post.actions).detach(), _detach_distribution(old)
+        leaves, batch.post, old.log_prob(batch.post.actions).detach(), detach_distribution(old)
     )
     at_adapted = torch.autograd.grad(loss_at_adapted, list(leaves.values()))
     for got, per_task in zip(first_order, at_adapted, strict=True):
@@ -153,8 +154,8 @@ def test_kl_hessian_vector_product_equals_double_backward(num_inner_steps, env_i
 
     # naive: differentiate the KL through the adaptation twice (third derivatives of the inner loss included)
     adapted = agent.adapt(theta, batch.inner, create_graph=True)
-    old = _detach_distribution(agent.policy.distribution(batch.post.observations, _detach(adapted)))
-    kl = agent._mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.weights)
+    old = detach_distribution(agent.policy.distribution(batch.post.observations, detach_params(adapted)))
+    kl = mean_kl(agent.policy.distribution(batch.post.observations, adapted), old, batch.post.weights)
     kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
     generator = torch.Generator().manual_seed(5)
     for _ in range(3):
@@ -219,8 +220,8 @@ def test_pre_adaptation_fisher_product_equals_double_backward(curvature_fraction
     # naive: the Hessian of the pre-adaptation policies' mean KL (on the curvature's share of the episodes) at θ
     pre = agent._curvature_share(batch.inner[0])
     assert pre.observations.shape[1] == (2 if curvature_fraction == 1.0 else 1)
-    old = _detach_distribution(agent.policy.distribution(pre.observations, _detach(theta)))
-    kl = agent._mean_kl(agent.policy.distribution(pre.observations, theta), old, pre.weights)
+    old = detach_distribution(agent.policy.distribution(pre.observations, detach_params(theta)))
+    kl = mean_kl(agent.policy.distribution(pre.observations, theta), old, pre.weights)
     kl_gradient = flatten_tensors(torch.autograd.grad(kl, list(theta.values()), create_graph=True))
     generator = torch.Generator().manual_seed(6)
     for _ in range(2):
@@ -236,11 +237,11 @@ def test_pre_adaptation_trust_region_bounds_both_policies_kl():
         agent.config.pre_adaptation_trust_region = bound_pre
         theta = dict(agent.policy.named_parameters())
         pre = batch.inner[0]
-        old_pre = _detach_distribution(agent.policy.distribution(pre.observations, _detach(theta)))
+        old_pre = detach_distribution(agent.policy.distribution(pre.observations, detach_params(theta)))
         metrics[bound_pre] = agent.meta_update(batch)
         assert metrics[bound_pre]["losses/line_search_accepted"] == 1.0
         # the logged pre-adaptation KL is that of the step taken
-        pre_kl = agent._mean_kl(agent.policy.distribution(pre.observations, _detach(theta)), old_pre, pre.weights)
+        pre_kl = mean_kl(agent.policy.distribution(pre.observations, detach_params(theta)), old_pre, pre.weights)
         assert metrics[bound_pre]["losses/pre_adaptation_kl"] == pytest.approx(pre_kl.item(), rel=1e-9)
     unbounded, bounded = metrics[False], metrics[True]
     # bounded: the line search's KL is the sum of the two, within the trust region

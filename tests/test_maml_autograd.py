@@ -12,13 +12,14 @@ import torch
 
 import envs  # noqa: F401  (registers the families)
 from agents import maml_autograd
-from agents.maml import MAML, MetaBatch
-from metarl.config import config_from_dict
+from agents.inner_loop import MetaBatch
+from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors
+from metarl.presets import config_from_dict
 from metarl.registry import make_family
 
 
-def sampled_batch(weighting: str, num_inner_steps: int = 1) -> tuple[MAML, MetaBatch]:
+def sampled_batch(weighting: str, num_inner_steps: int = 1) -> tuple[MAMLTRPO, MetaBatch]:
     """A float64 agent and a meta-batch of Navigation2D episodes of which many end early (a goal tolerance of 0.25
     in a horizon of 8 steps), collected as training collects them."""
     config = config_from_dict(
@@ -38,7 +39,7 @@ def sampled_batch(weighting: str, num_inner_steps: int = 1) -> tuple[MAML, MetaB
     )
     family = make_family("MetaRL/Navigation2D-v0", horizon=8, goal_tolerance=0.25, normalized_actions=True)
     torch.manual_seed(0)
-    agent = MAML(family, config, torch.device("cpu"))
+    agent = MAMLTRPO(family, config, torch.device("cpu"))
     tasks = family.sample_tasks(np.random.default_rng(0), 3)
     batch = agent.sample(tasks, np.random.default_rng(1), num_inner_steps, evaluation=False)
     agent.policy.double()

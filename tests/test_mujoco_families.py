@@ -33,8 +33,8 @@ from envs import (
     VelocityTask,
     Walker2dRandParams,
 )
-from metarl.config import config_from_dict, load_config
 from metarl.mujoco_envs import MuJoCoVectorEnv
+from metarl.presets import config_from_dict, load_config
 from metarl.trainer import train
 
 MUJOCO_IDS = [f"MetaRL/{family.name}-v0" for family in MUJOCO_FAMILIES]

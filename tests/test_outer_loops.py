@@ -8,9 +8,9 @@ import torch
 from conftest import TINY_TRAIN_CONFIG
 
 import envs  # noqa: F401 - registers the families
-from agents.maml import MAML
+from agents.maml_ppo import MAMLPPO
 from agents.reptile import Reptile
-from metarl.config import config_from_dict, load_config
+from metarl.presets import config_from_dict, load_config
 from metarl.registry import make_family
 from metarl.trainer import train
 
@@ -48,14 +48,14 @@ def test_reptile_moves_toward_the_mean_adapted_parameters():
 
 
 def test_maml_ppo_update_improves_the_clipped_surrogate_and_keeps_optimiser_state():
-    agent, batch = build(MAML, algo="maml-ppo", ppo_epochs=3, ppo_learning_rate=3e-3)
+    agent, batch = build(MAMLPPO, algo="maml-ppo", ppo_epochs=3, ppo_learning_rate=3e-3)
     before = parameters(agent)
     metrics = agent.meta_update(batch)
     assert metrics["losses/kl"] > 0 and 0.0 <= metrics["losses/clip_fraction"] <= 1.0
     assert all(not torch.equal(before[name], value) for name, value in parameters(agent).items())
     state = agent.state_dict()
     assert state["optimizer"]["state"], "Adam's moments are part of the checkpoint"
-    clone, _ = build(MAML, algo="maml-ppo", ppo_epochs=3, ppo_learning_rate=3e-3)
+    clone, _ = build(MAMLPPO, algo="maml-ppo", ppo_epochs=3, ppo_learning_rate=3e-3)
     clone.load_state_dict(state)
     for name, value in clone.policy.named_parameters():
         assert torch.equal(value, dict(agent.policy.named_parameters())[name])
@@ -64,7 +64,7 @@ def test_maml_ppo_update_improves_the_clipped_surrogate_and_keeps_optimiser_stat
 
 def test_promp_kl_penalty_holds_the_pre_adaptation_policy_closer():
     def moved(kl_coeff: float) -> float:
-        agent, batch = build(MAML, algo="maml-ppo", ppo_epochs=5, ppo_learning_rate=1e-2, ppo_kl_coeff=kl_coeff)
+        agent, batch = build(MAMLPPO, algo="maml-ppo", ppo_epochs=5, ppo_learning_rate=1e-2, ppo_kl_coeff=kl_coeff)
         before = parameters(agent)
         agent.meta_update(batch)
         return sum((value - before[name]).pow(2).sum().item() for name, value in parameters(agent).items())
@@ -73,7 +73,7 @@ def test_promp_kl_penalty_holds_the_pre_adaptation_policy_closer():
 
 
 def test_meta_sgd_learns_its_step_sizes():
-    agent, batch = build(MAML, algo="maml-ppo", meta_sgd=True, inner_step_sizes=[0.2])
+    agent, batch = build(MAMLPPO, algo="maml-ppo", meta_sgd=True, inner_step_sizes=[0.2])
     step_sizes = {name: value.detach().clone() for name, value in agent.learned_step_sizes.items()}
     assert all(torch.all(value == 0.2) for value in step_sizes.values())
     assert set(step_sizes) == {name.replace(".", "__") for name, _ in agent.policy.named_parameters()}
@@ -84,7 +84,7 @@ def test_meta_sgd_learns_its_step_sizes():
 
 
 def test_meta_sgd_needs_the_ppo_outer_loop():
-    with pytest.raises(ValueError, match="meta_sgd needs algo maml-ppo"):
+    with pytest.raises(ValueError, match=r"unknown config fields \['meta_sgd'\] for algo 'maml-trpo'"):
         load_config(None, ["meta_sgd=true"])
 
 

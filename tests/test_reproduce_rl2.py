@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RL2_CONFIG, load_script
 
-from metarl.config import config_from_dict, load_config
+from metarl.presets import config_from_dict, load_config
 from metarl.trainer import train
 
 

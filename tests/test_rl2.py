@@ -11,7 +11,7 @@ from conftest import TINY_RL2_CONFIG
 
 import metarl
 from agents.rl2 import RL2, clipped_surrogate_loss, trial_advantages
-from metarl.config import config_from_dict, load_config
+from metarl.presets import config_from_dict, load_config
 from metarl.trainer import train
 from metarl.trials import TrialInputs, collect_trials, make_trial_envs, trial_input_vector
 
@@ -109,7 +109,7 @@ def test_rl2_runs_are_deterministic_and_report_episode_curves(tmp_path):
     ]
     drop_times = [[{k: v for k, v in r.items() if not k.startswith("time/")} for r in run] for run in records]
     assert drop_times[0] == drop_times[1]
-    assert first.test_returns == second.test_returns and first.curve_label == "episode"
+    assert first.test_returns == second.test_returns and first.curve_kind == "episode"
     assert "validation/return_episode_4" in records[0][1]
 
 

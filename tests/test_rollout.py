@@ -9,9 +9,8 @@ import torch
 from conftest import LIGHT_FAMILY_IDS
 from gymnasium.vector import AutoresetMode
 
-from agents.random_policy import RandomPolicy
 from envs import Navigation2D, SparsePointRobot
-from metarl.rollout import EpisodeBatch, collect_episodes
+from metarl.rollout import EpisodeBatch, RandomPolicy, collect_episodes
 from metarl.vector import TorchVectorEnv
 
 NUM_TASKS, EPISODES = 3, 2

@@ -15,17 +15,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG
+from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, tiny_values
 
 import envs  # noqa: F401 - registers the families
 from metarl import MetaEnv, TaskFamily
 from metarl.checkpoint import load_checkpoint
-from metarl.config import config_from_dict, load_config
-from metarl.trainer import LAST_CHECKPOINT, _guarded_train_step, train
+from metarl.presets import config_from_dict, load_config
+from metarl.trainer import LAST_CHECKPOINT, guarded_train_step, train
 
 
 def tiny_config(tmp_path: Path, **overrides):
-    return config_from_dict({**TINY_TRAIN_CONFIG, "run_root": str(tmp_path), **overrides})
+    return config_from_dict({**tiny_values(overrides.get("algo", "maml-trpo")), "run_root": str(tmp_path), **overrides})
 
 
 def metrics_without_timings(run_dir: Path) -> list[dict]:
@@ -49,12 +49,12 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 
 
 def test_results_give_the_last_parameters_test_return_beside_the_kept_ones(tmp_path, monkeypatch, capsys):
-    from agents.maml import MAML
+    from agents.maml_trpo import MAMLTRPO
     from metarl.cli import main
 
     # a validation score that falls at every evaluation: validation keeps iteration 2 of 4
     scores = iter([-1.0, -2.0])
-    monkeypatch.setattr(MAML, "selection_score", lambda self, curve: next(scores))
+    monkeypatch.setattr(MAMLTRPO, "selection_score", lambda self, curve: next(scores))
     result = train(tiny_config(tmp_path / "a"))
     assert result.kept_iteration == 2 and result.iterations == 4
     assert result.last_test_returns != result.test_returns
@@ -67,7 +67,7 @@ def test_results_give_the_last_parameters_test_return_beside_the_kept_ones(tmp_p
 
     # the end-of-run table shows both rows
     scores = iter([-1.0, -2.0])
-    monkeypatch.setattr(MAML, "selection_score", lambda self, curve: next(scores))
+    monkeypatch.setattr(MAMLTRPO, "selection_score", lambda self, curve: next(scores))
     overrides = [f"{key}={json.dumps(value)}" for key, value in TINY_TRAIN_CONFIG.items()]
     assert main(["train", *overrides, f"run_root={tmp_path / 'c'}"]) == 0
     table = capsys.readouterr().out
@@ -158,7 +158,7 @@ def test_a_finished_run_extended_equals_the_longer_run(tmp_path):
 
 
 class _CorruptingAgent:
-    """Wraps an agent; its train step writes NaN into the policy parameters."""
+    """Wraps a policy; its train step writes NaN into the policy parameters."""
 
     def __init__(self, policy: torch.nn.Module) -> None:
         self.policy = policy
@@ -168,20 +168,26 @@ class _CorruptingAgent:
             next(self.policy.parameters()).fill_(float("nan"))
         return {"losses/kl": float("nan")}
 
+    def state_dict(self):
+        return {"policy": self.policy.state_dict()}
+
+    def load_state_dict(self, state):
+        self.policy.load_state_dict(state["policy"])
+
 
 def test_a_nan_update_is_undone_and_reported():
     policy = torch.nn.Linear(2, 2)
     before = {name: value.clone() for name, value in policy.state_dict().items()}
-    metrics = _guarded_train_step(_CorruptingAgent(policy), [], np.random.default_rng(0))
+    metrics = guarded_train_step(_CorruptingAgent(policy), [], np.random.default_rng(0))
     assert metrics == {"errors/skipped_update": 1.0}
     for name, value in policy.state_dict().items():
         assert torch.equal(value, before[name])
 
 
 def test_nan_parameters_are_never_saved(tmp_path, monkeypatch):
-    from agents.maml import MAML
+    from agents.maml_trpo import MAMLTRPO
 
-    original = MAML.meta_update
+    original = MAMLTRPO.meta_update
     calls = {"count": 0}
 
     def sometimes_corrupt(self, batch):
@@ -192,7 +198,7 @@ def test_nan_parameters_are_never_saved(tmp_path, monkeypatch):
                 next(self.policy.parameters()).fill_(float("nan"))
         return metrics
 
-    monkeypatch.setattr(MAML, "meta_update", sometimes_corrupt)
+    monkeypatch.setattr(MAMLTRPO, "meta_update", sometimes_corrupt)
     result = train(tiny_config(tmp_path))
     assert all(torch.isfinite(value).all() for value in final_parameters(result.run_dir).values())
     records = metrics_without_timings(result.run_dir)
@@ -231,7 +237,8 @@ class _MultiDiscreteFamily(TaskFamily):
         (["meta_batch_size=0"], "meta_batch_size must be >= 1, got 0"),
         (["num_tasks=100", "eval_tasks=5", "test_tasks=20"], "test_tasks 20 exceeds the 10 tasks of its split"),
         (["max_kl=-1"], "max_kl must be a finite number > 0"),
-        (["weighting=trial"], "weighting must be one of episode, step, got 'trial'"),
+        (["weighting=trial"], "unknown weighting 'trial'; allowed: episode, step"),
+        (["algo=rl2", "hidden_sizes=[8]"], "unknown config fields ['hidden_sizes'] for algo 'rl2'; its own fields"),
         (["no_such_field=3"], "unknown config fields ['no_such_field']"),
         (["seed=abc"], "config seed must be an integer, got 'abc'"),
         (["family=MetaRL/MultiDiscreteProbe-v0"], "MultiDiscrete"),
@@ -271,17 +278,19 @@ def test_a_sparse_reward_family_without_any_reward_yet_trains_on(tmp_path):
 
 def test_exponent_numbers_without_a_dot_are_numbers():
     # PyYAML follows YAML 1.1, which reads 3e-4 as a string; a researcher writes it that way.
-    config = load_config(None, ["ppo_learning_rate=3e-4", "cg_damping=1E-5", "max_kl=.5e-2"])
-    assert (config.ppo_learning_rate, config.cg_damping, config.max_kl) == (3e-4, 1e-5, 0.005)
+    config = load_config(None, ["algo=maml-ppo", "ppo_learning_rate=3e-4"])
+    assert config.ppo_learning_rate == 3e-4
+    config = load_config(None, ["cg_damping=1E-5", "max_kl=.5e-2"])
+    assert (config.cg_damping, config.max_kl) == (1e-5, 0.005)
     with pytest.raises(ValueError, match="config max_kl must be a number, got 'e-4'"):
         load_config(None, ["max_kl=e-4"])
 
 
 def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsys):
-    from agents.maml import MAML
+    from agents.maml_trpo import MAMLTRPO
 
     # the surrogate loss: its first evaluation is the first update's meta-gradient
-    original = MAML._surrogate_loss
+    original = MAMLTRPO._surrogate_loss
     calls = {"count": 0}
 
     def nan_on_the_first_update(distribution, post, old_log_probs, total_tasks=None):
@@ -289,7 +298,7 @@ def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsy
         calls["count"] += 1
         return loss * float("nan") if calls["count"] == 1 else loss
 
-    monkeypatch.setattr(MAML, "_surrogate_loss", staticmethod(nan_on_the_first_update))
+    monkeypatch.setattr(MAMLTRPO, "_surrogate_loss", staticmethod(nan_on_the_first_update))
     result = train(tiny_config(tmp_path))
     assert "skipped a meta-update: non-finite surrogate loss (nan)" in capsys.readouterr().err
     records = metrics_without_timings(result.run_dir)

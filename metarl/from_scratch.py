@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.sb3 import minibatch_size
 from metarl.rollout import collect_episodes
+from metarl.sb3 import minibatch_size
 from metarl.tasks import TaskFamily, check_count
 
 

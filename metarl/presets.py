@@ -1,0 +1,98 @@
+"""Building a run's config by algorithm name: YAML presets, ``key=value`` overrides, a run folder's ``config.json``.
+
+``load_config(preset, overrides)`` starts from the algorithm's config defaults, applies a preset (a YAML file of
+field values, read with ``yaml.safe_load``) and then ``key=value`` overrides, and validates the result before any
+work starts. The ``algo`` key (default ``maml-trpo``) picks the config class through the registry; every other key
+must be a field of that class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metarl.config import RunConfig, build_config, field_names
+from metarl.registry import agent_spec
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+FLAT_CONFIG_FIELDS = frozenset(
+    "family family_kwargs algo seed split_seed num_tasks device threads iterations meta_batch_size episodes_per_task "
+    "hidden_sizes activation min_log_std num_inner_steps inner_step_sizes first_order meta_sgd gamma gae_lambda "
+    "weighting max_kl cg_iterations cg_damping curvature_fraction pre_adaptation_trust_region "
+    "line_search_backtrack_ratio line_search_max_steps ppo_epochs ppo_clip ppo_learning_rate ppo_kl_coeff "
+    "reptile_step_size trial_episodes rl2_hidden_size rl2_shared_critic rl2_bptt_steps ppo_minibatches "
+    "ppo_entropy_coeff ppo_value_coeff max_grad_norm classical_agent eval_interval eval_tasks eval_steps "
+    "eval_step_sizes test_tasks checkpoint_interval run_root progress dist_timeout_s".split()
+)
+"""The fields of the one flat config every algorithm shared before each had its own: a run folder written then
+holds all of them in its ``config.json``, those its algorithm never read included."""
+
+
+def available_presets() -> list[str]:
+    """Names of the YAML presets under ``configs/``."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults, then the preset (a name under ``configs/`` or a YAML path), then ``key=value`` overrides.
+
+    Raises:
+        ValueError: an unknown preset, algorithm or field, a value of the wrong type, or an invalid value.
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(available_presets())} or a YAML path")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"preset {path} must hold a mapping of config fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise ValueError(f"override {override!r} must look like key=value")
+        values[key.strip()] = yaml.safe_load(text)
+    return config_from_dict(values)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """The config of ``values["algo"]`` (default ``maml-trpo``) built from field values and validated."""
+    algo = values.get("algo", RunConfig.algo)
+    if not isinstance(algo, str):
+        raise ValueError(f"config algo must be a string, got {algo!r}")
+    return build_config(agent_spec(algo).config_class, values)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run folder was trained with (its ``config.json``), validated like any other.
+
+    A folder written before each algorithm had its own config holds every field of the old flat config; the ones
+    its algorithm does not have (it never read them) are dropped, so that such a run resumes and evaluates.
+
+    Raises:
+        ValueError: no readable ``config.json``, an algorithm that is not registered (``--import`` the module that
+            registers it), or fields that are neither the algorithm's nor the old flat config's.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder: it has no config.json")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it was not written by metarl train") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of config fields, got {type(values).__name__}")
+    algo = values.get("algo", RunConfig.algo)
+    try:
+        own_fields = set(field_names(agent_spec(algo).config_class))
+    except ValueError as error:
+        raise ValueError(f"cannot load the run {run_dir}: {error}") from error
+    if set(values) <= FLAT_CONFIG_FIELDS | own_fields:
+        values = {key: value for key, value in values.items() if key in own_fields}
+    return config_from_dict(values)
