@@ -714,11 +714,11 @@ class ClassicalConfig(RunConfig):
 
 
 class ClassicalMetaAgent:
-    """A classical baseline in the trainer and the evaluator (``algo=classical``, ``classical_agent=<name>``).
+    """Baseline: a bandit or tabular-MDP algorithm of the RL² paper (Gittins, Thompson, UCB1, PSRL, ...) plays trials.
 
-    There is nothing to meta-train: ``metarl train --algo classical iterations=1 ...`` makes a run folder, and
-    ``metarl evaluate`` plays one trial per test task with a fresh agent (its own seed drawn from the evaluation's
-    generator), each episode of the trial a point of the curve, as RL²'s.
+    ``algo=classical``, ``classical_agent=<name>``. There is nothing to meta-train: ``metarl train --algo classical
+    iterations=1 ...`` makes a run folder, and ``metarl evaluate`` plays one trial per test task with a fresh agent
+    (its own seed drawn from the evaluation's generator), each episode of the trial a point of the curve, as RL²'s.
     """
 
     curve_kind: ClassVar[CurveKind] = CurveKind.EPISODE

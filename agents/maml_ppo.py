@@ -67,8 +67,9 @@ class MAMLPPOConfig(InnerLoopConfig):
 
 
 class MAMLPPO(InnerLoopAgent):
-    """MAML with a vanilla-policy-gradient inner loop and a clipped-PPO outer loop (``algo=maml-ppo``); ProMP with
-    ``ppo_kl_coeff`` > 0, Meta-SGD with ``meta_sgd``."""
+    """MAML-PPO: REINFORCE inner loop, clipped-PPO outer loop; ProMP with ppo_kl_coeff > 0, Meta-SGD with meta_sgd.
+
+    ``algo=maml-ppo``."""
 
     def __init__(
         self, family: TaskFamily, config: MAMLPPOConfig, device: torch.device, workers: Workers | None = None

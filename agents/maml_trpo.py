@@ -103,9 +103,10 @@ class MetaGradient(NamedTuple):
 
 
 class MAMLTRPO(InnerLoopAgent):
-    """MAML with a vanilla-policy-gradient inner loop and a TRPO outer loop (``algo=maml-trpo``).
+    """MAML-TRPO: REINFORCE inner loop, TRPO outer loop through the adaptation (the MAML paper's RL algorithm).
 
-    Options: ``first_order`` (FO-MAML), ``curvature_fraction`` (the fast mode), ``pre_adaptation_trust_region``.
+    ``algo=maml-trpo``. Options: ``first_order`` (FO-MAML), ``curvature_fraction`` (the fast mode),
+    ``pre_adaptation_trust_region``.
     """
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:

@@ -57,7 +57,9 @@ class OracleConfig(NonAdaptiveConfig, PPOConfig):
 
 
 class OraclePPO(NonAdaptiveAgent):
-    """SB3 PPO on the task-observing view of a family, as a meta-agent (``algo=oracle-ppo``)."""
+    """Upper bound: SB3's PPO told the task (its parameters appended to every observation); nothing to adapt.
+
+    ``algo=oracle-ppo``."""
 
     def __init__(
         self, family: TaskFamily, config: OracleConfig, device: torch.device, workers: Workers | None = None

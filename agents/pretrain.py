@@ -33,7 +33,9 @@ class PretrainTRPOConfig(MAMLTRPOConfig):
 
 
 class MultiTaskPretrain(MAMLTRPO):
-    """MAML's sampler, TRPO step, fine-tuning and evaluation, with an objective that has no inner loop."""
+    """Baseline: one policy trained with TRPO on the pooled tasks, fine-tuned on a new task exactly as MAML adapts.
+
+    MAML-TRPO's sampler, TRPO step, fine-tuning and evaluation, with an objective that has no inner loop."""
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """Collect episodes of every task with the current parameters and take one TRPO step on them all."""

@@ -21,7 +21,7 @@ class RandomConfig(NonAdaptiveConfig):
 
 
 class RandomAgent(NonAdaptiveAgent):
-    """The random baseline as a meta-agent (``algo=random``): nothing to learn.
+    """Baseline: uniformly random actions; nothing to learn (``algo=random``).
 
     It fits the trainer and the evaluator like any agent, so that ``metarl train --algo random iterations=1`` makes
     a run folder that ``metarl evaluate`` compares with the others.

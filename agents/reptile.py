@@ -33,7 +33,7 @@ class ReptileConfig(InnerLoopConfig):
 
 
 class Reptile(InnerLoopAgent):
-    """Reptile: the outer step moves θ a fraction ``reptile_step_size`` of the way to the mean adapted parameters."""
+    """Reptile: adapt each task, then move θ part of the way (reptile_step_size) to the mean adapted parameters."""
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
         start = time.perf_counter()

@@ -180,7 +180,7 @@ class ReturnNormalizer(nn.Module):
 
 
 class RL2:
-    """RL² trained with PPO through the meta-trainer (``metarl train algo=rl2``).
+    """RL²: a GRU policy whose memory spans the episodes of a trial, trained with PPO over whole trials.
 
     Its fields are :class:`RL2Config`'s. With several ``workers`` each process plays its block of the trials and the
     PPO gradients, advantage moments and return moments are summed over processes (:mod:`metarl.distributed`).

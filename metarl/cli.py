@@ -330,7 +330,7 @@ def _algos(args: argparse.Namespace) -> int:
     specs = [agent_spec(name) for name in names]  # an unknown name fails here, listing the registered ones
     if not args.names:
         for spec in specs:
-            summary = (spec.agent_class.__doc__ or "").strip().split("\n")[0]
+            summary = (spec.agent_class.__doc__ or "").strip().split("\n")[0]  # the docstring's summary line
             processes = "torchrun" if spec.agent_class.trains_across_processes else "one process"
             print(f"{spec.name:16s} {spec.agent_class.curve_kind:8s} {processes:12s} {summary}")
         print("\n`metarl algos NAME` lists an algorithm's config fields; `--common` adds those every run has")

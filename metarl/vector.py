@@ -1,4 +1,4 @@
-"""Native batched envs in torch, and one way to set per-sub-env tasks on any Gymnasium vector env.
+"""Native batched envs in torch (setting per-sub-env tasks on any vector env: :func:`metarl.tasks.set_vector_tasks`).
 
 :class:`TorchVectorEnv` is the base of every light family's batched implementation. Its state lives in tensors on
 one device (CPU or CUDA); all sub-envs step in a handful of tensor operations. It has two faces:
