@@ -113,3 +113,16 @@ def test_a_run_folder_with_an_unknown_algorithm_or_field_is_refused(tmp_path):
     (legacy / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_run_config(legacy)
+
+
+def test_importing_agents_imports_every_module_in_it():
+    """A new file in agents/ registers itself on import: no list anywhere to edit."""
+    import pkgutil
+    import sys
+
+    import agents
+
+    modules = {f"agents.{module.name}" for module in pkgutil.iter_modules(agents.__path__)}
+    assert modules <= set(sys.modules)
+    registered_from = {agent_spec(name).agent_class.__module__ for name in list_agents()}
+    assert registered_from <= modules
