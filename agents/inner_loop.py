@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -94,10 +95,10 @@ class InnerLoopConfig(RunConfig):
         check_hidden_sizes(self)
         for name in ("inner_step_sizes", "eval_step_sizes"):
             sizes = getattr(self, name)
-            if not sizes or any(not np.isfinite(s) or s <= 0 for s in sizes):
+            if not sizes or any(not math.isfinite(s) or s <= 0 for s in sizes):
                 raise ValueError(f"{name} must be finite numbers > 0, got {sizes}")
         check_unit_interval(self, "gamma gae_lambda")
-        if not (np.isfinite(self.min_log_std) and self.min_log_std <= 0.0):
+        if not (math.isfinite(self.min_log_std) and self.min_log_std <= 0.0):
             raise ValueError(
                 f"min_log_std must be a finite number <= 0 (the initial log std is 0), got {self.min_log_std}"
             )
