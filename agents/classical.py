@@ -8,9 +8,9 @@ documented priors. It is evaluated by :func:`metarl.trials.collect_trials` exact
     agent = make_classical_agent("gittins", family, num_episodes=10, seed=0)
     batch = collect_trials(make_trial_envs(family, len(tasks)), family, tasks, 10, agent, seed=0)
 
-Bandits (:class:`envs.bandit.Bandit`, one pull per episode, arm means ~ U[0, 1] = Beta(1, 1)): random, greedy,
+Bandits (:class:`metarl.envs.bandit.Bandit`, one pull per episode, arm means ~ U[0, 1] = Beta(1, 1)): random, greedy,
 ε-greedy, UCB1 (classic, and with the Beta prior and a tuned constant), Thompson sampling and the Gittins index.
-Tabular MDPs (:class:`envs.tabular_mdp.TabularMDP`): random, greedy on the posterior mean, and PSRL.
+Tabular MDPs (:class:`metarl.envs.tabular_mdp.TabularMDP`): random, greedy on the posterior mean, and PSRL.
 
 All randomness comes from one ``torch.Generator`` per agent, seeded from its ``seed``: the same seed and the same
 inputs give the same actions. Ties between best actions are broken uniformly at random.
@@ -29,9 +29,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from metarl.envs.bandit import Bandit
+from metarl.envs.tabular_mdp import TabularMDP
 
-from envs.bandit import Bandit
-from envs.tabular_mdp import TabularMDP
 from metarl.agent import AdaptationCurve, CurveKind
 from metarl.config import RunConfig, check_at_least
 from metarl.distributed import Workers
@@ -108,7 +108,7 @@ class BanditAgent:
     """Base of the bandit agents: keeps :class:`BanditState` up to date; subclasses choose the arm (``_choose``).
 
     Args:
-        family: a :class:`envs.bandit.Bandit`.
+        family: a :class:`metarl.envs.bandit.Bandit`.
         num_episodes: episodes (pulls) per trial, the bandit's horizon n.
         seed: seed of the agent's generator.
         device: where the state and the generator live.
@@ -463,7 +463,7 @@ class TabularMDPAgent:
     baseline the family defines; the registry offers both (``"psrl"`` and ``"psrl_zero_prior"``).
 
     Args:
-        family: a :class:`envs.tabular_mdp.TabularMDP`.
+        family: a :class:`metarl.envs.tabular_mdp.TabularMDP`.
         num_episodes: episodes per trial.
         seed: seed of the agent's generator.
         device: where the state and the generator live.

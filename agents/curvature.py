@@ -1,7 +1,7 @@
 """Curvature products of MLP policies written out by hand, for MAML-TRPO's conjugate gradient.
 
-MAML-TRPO's Hessian-vector product (see :mod:`agents.maml_trpo`) needs two kinds of product per task, about 22 times per
-meta-iteration on tens of thousands of samples:
+MAML-TRPO's Hessian-vector product (see :mod:`metarl.agents.maml_trpo`) needs two kinds of product per task, about 22
+times per meta-iteration on tens of thousands of samples:
 
 - the Hessian of a weighted log-likelihood ``L(θ) = Σ_i c_i log π(a_i | s_i; θ)`` times a vector (the inner loss's
   Hessian: the Jacobian of an adaptation step is ``I - α H``);

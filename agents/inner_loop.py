@@ -5,14 +5,14 @@ What they share, as in the MAML paper's Algorithm 3 up to the outer update:
 1. collect E episodes of every task with the meta-parameters θ (pre-adaptation);
 2. adapt: K steps of vanilla policy gradient per task, θ'_t = θ - α_k ∇ L_inner(θ; D_t), collecting new episodes
    with the adapted parameters after each step;
-3. hand the episodes to the algorithm's outer update (``meta_update``: TRPO in :mod:`agents.maml_trpo`, PPO in
-   :mod:`agents.maml_ppo`, Reptile's interpolation in :mod:`agents.reptile`).
+3. hand the episodes to the algorithm's outer update (``meta_update``: TRPO in :mod:`metarl.agents.maml_trpo`, PPO in
+   :mod:`metarl.agents.maml_ppo`, Reptile's interpolation in :mod:`metarl.agents.reptile`).
 
 All tasks adapt at once: the meta-parameters are expanded to a leading task dimension and one batched autograd graph
 computes every task's inner gradient (``batch_params``); ``adapt_per_task`` is the per-task loop kept as the
 reference the tests compare against. The sampler's inner steps are cut from the graph and reuse the written-out
-derivatives of the policy (:mod:`agents.curvature`), which also give the product with the inner loss's Hessian that
-TRPO's curvature needs.
+derivatives of the policy (:mod:`metarl.agents.curvature`), which also give the product with the inner loss's Hessian
+that TRPO's curvature needs.
 
 Under ``torchrun`` each process samples and adapts its block of the meta-batch (``self.workers.shard``); the
 returns are summed over processes here, and each outer update sums what it needs.
@@ -32,8 +32,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from metarl.agents.policies import GaussianMLPPolicy, batch_params, make_policy
 
-from agents.policies import GaussianMLPPolicy, batch_params, make_policy
 from metarl.advantages import (
     WEIGHTINGS,
     average_weights,

@@ -2,14 +2,15 @@
 
 This is pytorch-maml-rl's shape of the algorithm (one task at a time, its padded episodes averaged with their
 lengths as ``weighted_mean`` does, the KL's Hessian by double backward through the graph of the adaptation)
-re-derived from the papers, without any of :mod:`agents.maml_trpo`'s batching over tasks, written-out curvature or reuse
+re-derived from the papers, without any of :mod:`metarl.agents.maml_trpo`'s batching over tasks, written-out curvature
+or reuse
 of passes. It is slow (a Python loop over tasks, third-order graphs) and exists to check the fast implementation
 against: the tests compare one whole meta-update on batches with early-terminated episodes, and
 ``scripts/maml_long_run.py`` trains with it (``--autograd``) for hundreds of iterations, so that a fault of the fast
 implementation cannot pass for a property of MAML-TRPO.
 
-Where this differs from pytorch-maml-rl, on purpose (so that it computes what :class:`agents.maml_trpo.MAMLTRPO` does):
-the KL is KL(old ‖ new) as in rllab (pytorch-maml-rl takes KL(new ‖ old); the two agree to second order, so the
+Where this differs from pytorch-maml-rl, on purpose (so that it computes what :class:`metarl.agents.maml_trpo.MAMLTRPO`
+does): the KL is KL(old ‖ new) as in rllab (pytorch-maml-rl takes KL(new ‖ old); the two agree to second order, so the
 curvature is the same and only the line search's KL differs, at third order), and the averages follow
 ``config.weighting`` (pytorch-maml-rl always weights episodes).
 """
@@ -22,9 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from metarl.agents.inner_loop import MetaBatch
+from metarl.agents.maml_trpo import MAMLTRPO
 
-from agents.inner_loop import MetaBatch
-from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors, unflatten_like
 from metarl.rollout import EpisodeBatch
 
@@ -234,7 +235,7 @@ def conjugate_gradient(product: Any, b: torch.Tensor, iterations: int) -> torch.
 
 
 class AutogradMAML(MAMLTRPO):
-    """:class:`agents.maml_trpo.MAMLTRPO` whose TRPO meta-update is :func:`meta_update` (sampling, adaptation at
+    """:class:`metarl.agents.maml_trpo.MAMLTRPO` whose TRPO meta-update is :func:`meta_update` (sampling, adaptation at
     sampling time and evaluation are the batched agent's own)."""
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:

@@ -1,11 +1,11 @@
 """MAML-PPO and ProMP: the batched policy-gradient inner loop with a clipped-PPO outer loop through the adaptation.
 
-One meta-iteration: sample and adapt every task of the meta-batch (:class:`agents.inner_loop.InnerLoopAgent`), then
-``ppo_epochs`` Adam steps on the clipped post-adaptation surrogate. Each epoch re-adapts from the current
+One meta-iteration: sample and adapt every task of the meta-batch (:class:`metarl.agents.inner_loop.InnerLoopAgent`),
+then ``ppo_epochs`` Adam steps on the clipped post-adaptation surrogate. Each epoch re-adapts from the current
 meta-parameters with autograd's graph kept (``adapt(create_graph=True)``), so the gradient flows through the inner
 steps (second order; ``first_order`` cuts it). With ``ppo_kl_coeff`` > 0 the loss adds ProMP's penalty on the KL
 between the old and the new pre-adaptation policies. With ``meta_sgd`` the inner step sizes are learned too, one per
-parameter entry (:mod:`agents.meta_sgd`), by the same Adam steps.
+parameter entry (:mod:`metarl.agents.meta_sgd`), by the same Adam steps.
 
 Under ``torchrun`` the loss decides for the whole meta-batch (summed over processes) and the gradients are summed
 before each step.
@@ -25,8 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-
-from agents.inner_loop import (
+from metarl.agents.inner_loop import (
     InnerLoopAgent,
     InnerLoopConfig,
     MetaBatch,
@@ -36,7 +35,8 @@ from agents.inner_loop import (
     detach_params,
     mean_kl,
 )
-from agents.meta_sgd import LearnedStepSizes
+from metarl.agents.meta_sgd import LearnedStepSizes
+
 from metarl.config import check_at_least, check_positive_numbers
 from metarl.distributed import Workers
 from metarl.registry import register_agent

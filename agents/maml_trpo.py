@@ -1,7 +1,7 @@
 """MAML-TRPO: the batched policy-gradient inner loop with a TRPO outer loop through the adaptation.
 
 One meta-iteration, as in the MAML paper's Algorithm 3: sample and adapt every task of the meta-batch
-(:class:`agents.inner_loop.InnerLoopAgent`), then one TRPO step on the post-adaptation surrogate, differentiating
+(:class:`metarl.agents.inner_loop.InnerLoopAgent`), then one TRPO step on the post-adaptation surrogate, differentiating
 through the inner steps (second order) or not (``first_order``: FO-MAML).
 
 TRPO never builds a graph through the inner loop. The adaptation θ'_K = θ'_{K-1} - α_K ∇L_K(θ'_{K-1}) has the
@@ -10,9 +10,9 @@ meta-gradient is Jᵀ g (g the surrogate's gradient at the adapted parameters) a
 Hessian of the mean KL between the old and the new *adapted* policies, equals Jᵀ F J at the current point (F the
 Fisher matrix at the adapted parameters: the KL's gradient vanishes there, so no third derivatives appear). Every
 product with H_k and F is the policy's written-out R-operator (``log_likelihood_derivatives``, ``fisher_product``;
-:mod:`agents.curvature`): a tangent forward and a tangent backward pass through the MLP, about twice as fast as
+:mod:`metarl.agents.curvature`): a tangent forward and a tangent backward pass through the MLP, about twice as fast as
 autograd's double backward, and tested against it. The fast mode (``curvature_fraction`` < 1) computes the
-curvature on a share of each task's episodes. :mod:`agents.maml_autograd` is the same algorithm written plainly
+curvature on a share of each task's episodes. :mod:`metarl.agents.maml_autograd` is the same algorithm written plainly
 with autograd, task by task: the reference the tests compare this one with.
 
 Under ``torchrun`` the loss, the gradient, every curvature product and the line search's loss and KL are this
@@ -32,8 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-
-from agents.inner_loop import (
+from metarl.agents.inner_loop import (
     HessianProduct,
     InnerLoopAgent,
     InnerLoopConfig,
@@ -45,6 +44,7 @@ from agents.inner_loop import (
     detach_params,
     mean_kl,
 )
+
 from metarl.advantages import average_weights
 from metarl.config import check_at_least, check_positive_numbers
 from metarl.optim import flatten_tensors, trpo_step, unflatten_like

@@ -3,7 +3,7 @@
 The inner update becomes θ'_t = θ - α ⊙ ∇ L_inner(θ; D_t), α a tensor of the parameters' shapes that starts at the
 configured step size everywhere. Since the adapted parameters depend on α, the outer loss's gradient reaches α
 through the adaptation, and the outer optimiser updates it beside θ (``maml-ppo meta_sgd=true``:
-:class:`agents.maml_ppo.MAMLPPO`).
+:class:`metarl.agents.maml_ppo.MAMLPPO`).
 
 References:
     Li, Zhou, Chen, Li. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", arXiv:1707.09835, 2017.

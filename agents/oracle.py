@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from metarl.agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
+from metarl.agents.ppo import PPOConfig
 
-from agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
-from agents.ppo import PPOConfig
 from metarl.config import check_choice, check_hidden_sizes
 from metarl.distributed import Workers
 from metarl.registry import register_agent

@@ -34,10 +34,10 @@ from typing import NamedTuple
 
 import gymnasium as gym
 import torch
+from metarl.agents.curvature import LayerParams, MLPPass, gather_rows, nonzero_rows, tanh
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from agents.curvature import LayerParams, MLPPass, gather_rows, nonzero_rows, tanh
 from metarl.distributed import TaskShard, sample_actions
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": tanh, "relu": torch.relu}
@@ -62,8 +62,8 @@ LogLikelihoodTerms = tuple[torch.Tensor, dict[str, torch.Tensor], OutputCurvatur
 
 class _CurvaturePass(NamedTuple):
     """The forward pass a curvature product (:meth:`_MLPPolicy.fisher_product`) reuses: the params' leading (task)
-    shape, the sample rows kept per task (:func:`agents.curvature.nonzero_rows`), the params ``[T, ...]``, the kept
-    samples' weights ``[T, n]`` and the MLP's pass on them."""
+    shape, the sample rows kept per task (:func:`metarl.agents.curvature.nonzero_rows`), the params ``[T, ...]``, the
+    kept samples' weights ``[T, n]`` and the MLP's pass on them."""
 
     lead: tuple[int, ...]
     rows: torch.Tensor
@@ -213,7 +213,7 @@ class _MLPPolicy(nn.Module):
 
         ``F`` is the Hessian of ``Σ_i w_i KL(old_i ‖ new_i)`` at new = old (TRPO's curvature) without the network's
         second derivatives, which the KL's vanishing gradient there multiplies by zero: one tangent forward pass and
-        one backward pass through the MLP per product, written out (:mod:`agents.curvature`), the forward pass
+        one backward pass through the MLP per product, written out (:mod:`metarl.agents.curvature`), the forward pass
         computed once. ``weights`` has the shape of ``observations`` without the last dim; ``v`` and the result are
         dicts shaped like ``params``.
         """
@@ -242,7 +242,8 @@ class _MLPPolicy(nn.Module):
 
         A policy-gradient loss is such an ``L`` (``c_i`` the negated, normalised advantages), so these are the
         gradient and Hessian of MAML's inner loss. Pearlmutter's R-operator written out for the MLP
-        (:mod:`agents.curvature`): one forward and one backward pass give the gradient and everything the products
+        (:mod:`metarl.agents.curvature`): one forward and one backward pass give the gradient and everything the
+        products
         reuse; a product is one tangent forward and one tangent backward pass. ``coefficients`` has the shape of
         ``observations`` without the last dim; the gradient, ``v`` and ``H v`` are dicts shaped like ``params``.
         """

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 
-from agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 from metarl.registry import register_agent
 
 

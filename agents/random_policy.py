@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from metarl.agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
 
-from agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
 from metarl.registry import register_agent
 from metarl.rollout import RandomPolicy
 

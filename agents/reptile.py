@@ -1,7 +1,7 @@
 """Reptile for RL: adapt each task with policy-gradient steps, then move the meta-parameters toward the results.
 
 The cheap first-order alternative to MAML: no meta-gradient at all. It shares MAML's sampling and inner loop
-(:class:`agents.inner_loop.InnerLoopAgent`) and replaces the outer update by θ ← θ + ε · mean_t(θ'_t - θ).
+(:class:`metarl.agents.inner_loop.InnerLoopAgent`) and replaces the outer update by θ ← θ + ε · mean_t(θ'_t - θ).
 
 References:
     Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.
@@ -13,8 +13,8 @@ import dataclasses
 import time
 
 import torch
+from metarl.agents.inner_loop import InnerLoopAgent, InnerLoopConfig, MetaBatch
 
-from agents.inner_loop import InnerLoopAgent, InnerLoopConfig, MetaBatch
 from metarl.config import check_positive_numbers
 from metarl.registry import register_agent
 

@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
+from metarl.agents.ppo import PPOConfig
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from agents.ppo import PPOConfig
 from metarl.advantages import gae
 from metarl.agent import AdaptationCurve, CurveKind
 from metarl.config import check_at_least

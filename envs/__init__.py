@@ -1,12 +1,12 @@
 """The suite's task families, registered with Gymnasium on import as ``MetaRL/<Name>-v<N>``.
 
-This is the one place the suite's ids are registered: ``import envs`` and then ``gymnasium.make("MetaRL/...")``.
+This is the one place the suite's ids are registered: ``import metarl.envs`` and then ``gymnasium.make("MetaRL/...")``.
 """
 
 import importlib.util
 
-from envs.bandit import Bandit, BanditTask
-from envs.locomotion import (
+from metarl.envs.bandit import Bandit, BanditTask
+from metarl.envs.locomotion import (
     AntDir,
     AntDir2D,
     AntGoal,
@@ -21,8 +21,9 @@ from envs.locomotion import (
     VelocityTask,
     Walker2dRandParams,
 )
-from envs.navigation import GoalTask, Navigation2D, SparsePointRobot
-from envs.tabular_mdp import TabularMDP, TabularMDPTask
+from metarl.envs.navigation import GoalTask, Navigation2D, SparsePointRobot
+from metarl.envs.tabular_mdp import TabularMDP, TabularMDPTask
+
 from metarl.registry import register_family
 
 MUJOCO_FAMILIES = (
@@ -44,7 +45,7 @@ for _family in (Bandit, TabularMDP, Navigation2D, SparsePointRobot, *MUJOCO_FAMI
 META_WORLD_AVAILABLE = importlib.util.find_spec("metaworld") is not None
 """Whether the optional extra ``metarl[metaworld]`` is installed; its families are registered only then."""
 if META_WORLD_AVAILABLE:
-    from envs.meta_world import register_meta_world_families
+    from metarl.envs.meta_world import register_meta_world_families
 
     register_meta_world_families()
 

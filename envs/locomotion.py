@@ -30,8 +30,8 @@ from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from metarl.envs.navigation import GoalTask, _check_goal
 
-from envs.navigation import GoalTask, _check_goal
 from metarl.mujoco_envs import MuJoCoFamily, MuJoCoTaskEnv
 from metarl.tasks import DEFAULT_SPLIT_FRACTIONS, TaskSplit, check_count, check_real, split_sizes
 

@@ -7,7 +7,7 @@ environment; ML10 / ML45: 50 goals of each held-out environment) are the held-ou
 set is carved from its training tasks (the same share of every training environment's tasks, drawn with the split
 seed), so that model selection never sees a test task.
 
-Ids (registered by ``import envs`` when Meta-World is installed)::
+Ids (registered by ``import metarl.envs`` when Meta-World is installed)::
 
     MetaRL/MetaWorld-ML1-v0          ML1 of any environment: gymnasium.make(id, env_name="push-v3")
     MetaRL/MetaWorld-ML1-reach-v0    ML1 of reach-v3 (likewise -push-v0 and -pick-place-v0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ import yaml
 from metarl.config import RunConfig, build_config, field_names
 from metarl.registry import agent_spec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR: Traversable = resources.files("metarl") / "configs"
+"""The presets shipped inside the package (``metarl/configs/*.yaml``), found through its resources so that a wheel
+or a non-editable install finds them as a source checkout does."""
 
 FLAT_CONFIG_FIELDS = frozenset(
     "family family_kwargs algo seed split_seed num_tasks device threads iterations meta_batch_size episodes_per_task "
@@ -34,20 +38,25 @@ holds all of them in its ``config.json``, those its algorithm never read include
 
 
 def available_presets() -> list[str]:
-    """Names of the YAML presets under ``configs/``."""
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    """Names of the presets shipped with the package (``metarl/configs/<name>.yaml``)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in PRESET_DIR.iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Defaults, then the preset (a name under ``configs/`` or a YAML path), then ``key=value`` overrides.
+    """Defaults, then the preset (a shipped preset's name or a path to a YAML file), then ``key=value`` overrides.
 
     Raises:
         ValueError: an unknown preset, algorithm or field, a value of the wrong type, or an invalid value.
     """
     values: dict[str, Any] = {}
     if preset is not None:
-        path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
-        if not path.is_file():
+        if preset.endswith((".yaml", ".yml")):
+            path: Path | Traversable = Path(preset)
+            if not path.is_file():
+                raise ValueError(f"preset file {preset!r} does not exist (or is not a file)")
+        elif preset in available_presets():
+            path = PRESET_DIR / f"{preset}.yaml"
+        else:
             raise ValueError(f"unknown preset {preset!r}; available: {', '.join(available_presets())} or a YAML path")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):

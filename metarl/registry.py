@@ -36,7 +36,7 @@ from metarl.env import TaskHolder
 from metarl.tasks import TaskFamily
 
 NAMESPACE = "MetaRL"
-BUILTIN_PACKAGES = ("envs", "agents")
+BUILTIN_PACKAGES = ("metarl.envs", "metarl.agents")
 """The packages whose import registers the suite's own families and algorithms."""
 _ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 

@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from metarl.agents.policies import batch_params, make_policy
 
 import metarl
-from agents.policies import batch_params, make_policy
 from metarl.advantages import average_weights, discounted_returns, fit_and_predict_linear_baseline, normalize_advantages
 from metarl.config import check_at_least, check_hidden_sizes, check_positive_numbers, check_unit_interval
 from metarl.distributed import Workers

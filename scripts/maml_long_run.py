@@ -12,7 +12,7 @@ parameters. A benchmark-style check (minutes to hours), not a test.
     python scripts/maml_long_run.py report runs/long/* --tasks 200 --seeds 0 1 \\
         --reference ../shared/reference/pytorch-maml-rl-navigation2d-200.csv --out docs/results/long-runs/default.json
 
-``--autograd`` trains with :class:`agents.maml_autograd.AutogradMAML`: the same sampling and evaluation, the
+``--autograd`` trains with :class:`metarl.agents.maml_autograd.AutogradMAML`: the same sampling and evaluation, the
 meta-update by plain autograd, task by task (several times slower). ``--float64`` computes in float64.
 """
 
@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import torch
+from metarl.agents.maml_trpo import MAMLTRPO
 
-import envs  # noqa: F401 - registers the families
-from agents.maml_trpo import MAMLTRPO
 from metarl import trainer
 from metarl.checkpoint import BEST_CHECKPOINT, load_checkpoint, write_text_atomically
 from metarl.evaluate import evaluate_run
@@ -69,7 +69,7 @@ def float64_agent(agent_class: type[MAMLTRPO]) -> type[MAMLTRPO]:
 def train_runs(args: argparse.Namespace) -> None:
     agent_class = MAMLTRPO
     if args.autograd:
-        from agents.maml_autograd import AutogradMAML
+        from metarl.agents.maml_autograd import AutogradMAML
 
         agent_class = AutogradMAML
     if args.float64:

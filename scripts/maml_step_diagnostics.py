@@ -3,8 +3,8 @@
 For each checkpoint (``last.pt`` files saved along a run), one meta-batch is sampled with its parameters and the
 natural-gradient direction is computed five ways: exact curvature in float32 (what training does) and in float64,
 the fast mode's curvature (``curvature_fraction`` 0.25) in float32 and float64, and the plain autograd
-implementation (:mod:`agents.maml_autograd`) in float64. For each: the cosine with the exact float64 direction, the
-length of the full TRPO step (scaled to the trust region), the KL of the *pre*-adaptation policy that step causes
+implementation (:mod:`metarl.agents.maml_autograd`) in float64. For each: the cosine with the exact float64 direction,
+the length of the full TRPO step (scaled to the trust region), the KL of the *pre*-adaptation policy that step causes
 (on the pre-adaptation episodes) beside the post-adaptation one the trust region bounds, and the surrogate's
 improvement.
 
@@ -21,13 +21,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import torch
+from metarl.agents import maml_autograd
+from metarl.agents.inner_loop import MetaBatch, detach_distribution, detach_params, mean_kl
+from metarl.agents.maml_trpo import MAMLTRPO
 
-import envs  # noqa: F401 - registers the families
-from agents import maml_autograd
-from agents.inner_loop import MetaBatch, detach_distribution, detach_params, mean_kl
-from agents.maml_trpo import MAMLTRPO
 from metarl.checkpoint import load_checkpoint, write_text_atomically
 from metarl.optim import conjugate_gradient, flatten_tensors, trpo_step_size, unflatten_like
 from metarl.presets import load_run_config

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import metarl.envs  # noqa: F401 - registers the families
 import torch
+from metarl.agents.classical import classical_agent_names, make_classical_agent
 
-import envs  # noqa: F401 - registers the families
-from agents.classical import classical_agent_names, make_classical_agent
 from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
 from metarl.device import set_threads
 from metarl.presets import load_config, load_run_config
@@ -101,7 +101,7 @@ def evaluate_policy(family: Any, tasks: Sequence[Any], num_episodes: int, policy
 
 def rl2_from_run(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The RL² agent of a run folder with its kept (best by validation) parameters, its config and training facts."""
-    from agents.rl2 import RL2
+    from metarl.agents.rl2 import RL2
 
     config = load_run_config(run_dir)
     if config.algo != "rl2":

@@ -120,9 +120,9 @@ def test_importing_agents_imports_every_module_in_it():
     import pkgutil
     import sys
 
-    import agents
+    import metarl.agents
 
-    modules = {f"agents.{module.name}" for module in pkgutil.iter_modules(agents.__path__)}
+    modules = {f"metarl.agents.{module.name}" for module in pkgutil.iter_modules(metarl.agents.__path__)}
     assert modules <= set(sys.modules)
     registered_from = {agent_spec(name).agent_class.__module__ for name in list_agents()}
     assert registered_from <= modules

@@ -3,15 +3,15 @@ the random policy."""
 
 from __future__ import annotations
 
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_CONFIG, tiny_values
+from metarl.agents.inner_loop import detach_params
+from metarl.agents.pretrain import MultiTaskPretrain
+from metarl.agents.random_policy import RandomAgent
 
-import envs  # noqa: F401 - registers the families
-from agents.inner_loop import detach_params
-from agents.pretrain import MultiTaskPretrain
-from agents.random_policy import RandomAgent
 from metarl.evaluate import evaluate_run
 from metarl.optim import flatten_tensors
 from metarl.presets import config_from_dict
@@ -86,8 +86,8 @@ def test_baselines_are_algorithms_of_the_command_line(algo):
 @pytest.mark.filterwarnings("ignore:.*is different from the unwrapped version")  # checking the wrapper is the point
 def test_task_observation_wrapper_appends_the_task():
     from gymnasium.utils.env_checker import check_env
+    from metarl.envs import Navigation2D
 
-    from envs import Navigation2D
     from metarl.wrappers import TaskObservationWrapper, task_vectors
 
     family = Navigation2D()
@@ -145,7 +145,8 @@ def test_oracle_knows_the_best_arm(tmp_path):
 
 # -- PPO from scratch ------------------------------------------------------------------------------------------------
 def test_ppo_from_scratch_stops_at_the_target_or_the_budget():
-    from envs import Navigation2D
+    from metarl.envs import Navigation2D
+
     from metarl.from_scratch import adaptation_env_steps, ppo_steps_to_reach, summarize
 
     family = Navigation2D(horizon=10)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import LIGHT_FAMILY_IDS, random_actions
 from gymnasium.vector import AutoresetMode
+from metarl.envs import GoalTask, Navigation2D, SparsePointRobot
 
-from envs import GoalTask, Navigation2D, SparsePointRobot
 from metarl.vector import TorchVectorEnv
 
 NUM_ENVS = 16

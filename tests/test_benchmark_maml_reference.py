@@ -16,8 +16,8 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))  # scripts/ is no package; its benchmarks/ is
 
 from benchmarks.maml import MAML_PHASES, per_task_meta_iteration, per_task_meta_update  # noqa: E402
+from metarl.agents.inner_loop import MetaBatch, PolicyGradientData  # noqa: E402
 
-from agents.inner_loop import MetaBatch, PolicyGradientData  # noqa: E402
 from metarl.optim import flatten_tensors  # noqa: E402
 from metarl.presets import config_from_dict  # noqa: E402
 from metarl.registry import make_agent, make_family  # noqa: E402

@@ -10,9 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-import metarl
-from agents.classical import (
+from metarl.agents.classical import (
     CLASSICAL_AGENTS,
     BanditState,
     GreedyBanditAgent,
@@ -24,8 +22,10 @@ from agents.classical import (
     gittins_index_table,
     make_classical_agent,
 )
-from envs.bandit import Bandit
-from envs.tabular_mdp import TabularMDP
+from metarl.envs.bandit import Bandit
+from metarl.envs.tabular_mdp import TabularMDP
+
+import metarl
 from metarl.trials import TrialBatch, collect_trials, make_trial_envs
 
 BANDIT_NAMES = ["random", "greedy", "epsilon_greedy", "ucb1", "ucb1_prior", "thompson", "gittins"]

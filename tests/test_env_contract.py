@@ -11,9 +11,9 @@ import pytest
 from conftest import FAMILY_IDS, SUITE_FAMILY_IDS, random_actions
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
+from metarl.envs import GoalTask, SparsePointRobot
 
 import metarl
-from envs import GoalTask, SparsePointRobot
 from metarl.env import TaskHolder
 from metarl.mujoco_envs import MuJoCoFamily, MuJoCoVectorEnv
 from metarl.tasks import set_vector_tasks

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
+from metarl.envs import Bandit, BanditTask, GoalTask, Navigation2D, SparsePointRobot, TabularMDP, TabularMDPTask
 
 import metarl
-from envs import Bandit, BanditTask, GoalTask, Navigation2D, SparsePointRobot, TabularMDP, TabularMDPTask
 from metarl.registry import family_spec, make_family, register_family
 from metarl.rollout import RandomPolicy, collect_episodes
 from metarl.tasks import TaskFamily, set_vector_tasks

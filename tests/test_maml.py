@@ -3,13 +3,13 @@ Hessian-vector product; and a small learning check on held-out Navigation2D task
 
 from __future__ import annotations
 
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
+from metarl.agents.inner_loop import MetaBatch, PolicyGradientData, detach_distribution, detach_params, mean_kl
+from metarl.agents.maml_trpo import MAMLTRPO
 
-import envs  # noqa: F401 - registers the families
-from agents.inner_loop import MetaBatch, PolicyGradientData, detach_distribution, detach_params, mean_kl
-from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors, unflatten_like
 from metarl.presets import config_from_dict
 from metarl.registry import make_family

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import copy
 
+import metarl.envs  # noqa: F401  (registers the families)
 import numpy as np
 import pytest
 import torch
+from metarl.agents import maml_autograd
+from metarl.agents.inner_loop import MetaBatch
+from metarl.agents.maml_trpo import MAMLTRPO
 
-import envs  # noqa: F401  (registers the families)
-from agents import maml_autograd
-from agents.inner_loop import MetaBatch
-from agents.maml_trpo import MAMLTRPO
 from metarl.optim import flatten_tensors
 from metarl.presets import config_from_dict
 from metarl.registry import make_family

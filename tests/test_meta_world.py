@@ -10,8 +10,8 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+from metarl.envs import META_WORLD_AVAILABLE
 
-from envs import META_WORLD_AVAILABLE
 from metarl.registry import list_families, make_family
 
 needs_metaworld = pytest.mark.skipif(
@@ -26,7 +26,7 @@ ML1_IDS = {
 
 
 def test_without_the_extra_the_families_say_how_to_install_it(monkeypatch):
-    from envs.meta_world import MetaWorldFamily
+    from metarl.envs.meta_world import MetaWorldFamily
 
     monkeypatch.setitem(sys.modules, "metaworld", None)  # makes `import metaworld` fail
     with pytest.raises(ImportError, match=r'pip install "metarl\[metaworld\]"'):
@@ -129,7 +129,7 @@ def test_rollouts_record_success():
     ],
 )
 def test_bad_arguments_raise_naming_the_value(kwargs, message):
-    from envs.meta_world import MetaWorldFamily
+    from metarl.envs.meta_world import MetaWorldFamily
 
     with pytest.raises(ValueError, match=re.escape(message)):
         MetaWorldFamily(**kwargs)
@@ -137,7 +137,7 @@ def test_bad_arguments_raise_naming_the_value(kwargs, message):
 
 @needs_metaworld
 def test_bad_tasks_raise_naming_the_field():
-    from envs.meta_world import MetaWorldTask
+    from metarl.envs.meta_world import MetaWorldTask
 
     family = make_family("MetaRL/MetaWorld-ML1-reach-v0")
     with pytest.raises(ValueError, match=re.escape("task.index must be an int in [0, 50) for the train tasks, got 50")):

@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, random_actions
 from gymnasium.vector import AutoresetMode
-
-import metarl
-from envs import (
+from metarl.envs import (
     MUJOCO_FAMILIES,
     AntDir,
     AntDir2D,
@@ -33,6 +31,8 @@ from envs import (
     VelocityTask,
     Walker2dRandParams,
 )
+
+import metarl
 from metarl.mujoco_envs import MuJoCoVectorEnv
 from metarl.presets import config_from_dict, load_config
 from metarl.trainer import train

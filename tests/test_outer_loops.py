@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_TRAIN_CONFIG
+from metarl.agents.maml_ppo import MAMLPPO
+from metarl.agents.reptile import Reptile
 
-import envs  # noqa: F401 - registers the families
-from agents.maml_ppo import MAMLPPO
-from agents.reptile import Reptile
 from metarl.presets import config_from_dict, load_config
 from metarl.registry import make_family
 from metarl.trainer import train

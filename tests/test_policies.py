@@ -8,11 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from metarl.agents.policies import MIN_LOG_STD, CategoricalMLPPolicy, GaussianMLPPolicy, batch_params, kl, make_policy
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 from torch.func import functional_call, vmap
 
 import metarl
-from agents.policies import MIN_LOG_STD, CategoricalMLPPolicy, GaussianMLPPolicy, batch_params, kl, make_policy
 from metarl.rollout import collect_episodes
 
 OBS_DIM, ACT_DIM, NUM_ACTIONS = 3, 2, 4

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_RL2_CONFIG
+from metarl.agents.rl2 import RL2, clipped_surrogate_loss, trial_advantages
 
 import metarl
-from agents.rl2 import RL2, clipped_surrogate_loss, trial_advantages
 from metarl.presets import config_from_dict, load_config
 from metarl.trainer import train
 from metarl.trials import TrialInputs, collect_trials, make_trial_envs, trial_input_vector

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import LIGHT_FAMILY_IDS
 from gymnasium.vector import AutoresetMode
+from metarl.envs import Navigation2D, SparsePointRobot
 
-from envs import Navigation2D, SparsePointRobot
 from metarl.rollout import EpisodeBatch, RandomPolicy, collect_episodes
 from metarl.vector import TorchVectorEnv
 

@@ -164,7 +164,7 @@ def test_sample_tasks_uses_only_the_given_generator(family):
 
 
 def test_sampled_tasks_follow_the_documented_distributions():
-    from envs import Bandit, Navigation2D, SparsePointRobot, TabularMDP
+    from metarl.envs import Bandit, Navigation2D, SparsePointRobot, TabularMDP
 
     rng = np.random.default_rng(0)
     arm_means = np.array([task.arm_means for task in Bandit(num_arms=3).sample_tasks(rng, 2000)])

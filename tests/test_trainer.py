@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, tiny_values
 
-import envs  # noqa: F401 - registers the families
 from metarl import MetaEnv, TaskFamily
 from metarl.checkpoint import load_checkpoint
 from metarl.presets import config_from_dict, load_config
@@ -49,7 +49,8 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 
 
 def test_results_give_the_last_parameters_test_return_beside_the_kept_ones(tmp_path, monkeypatch, capsys):
-    from agents.maml_trpo import MAMLTRPO
+    from metarl.agents.maml_trpo import MAMLTRPO
+
     from metarl.cli import main
 
     # a validation score that falls at every evaluation: validation keeps iteration 2 of 4
@@ -185,7 +186,7 @@ def test_a_nan_update_is_undone_and_reported():
 
 
 def test_nan_parameters_are_never_saved(tmp_path, monkeypatch):
-    from agents.maml_trpo import MAMLTRPO
+    from metarl.agents.maml_trpo import MAMLTRPO
 
     original = MAMLTRPO.meta_update
     calls = {"count": 0}
@@ -287,7 +288,7 @@ def test_exponent_numbers_without_a_dot_are_numbers():
 
 
 def test_a_nan_loss_skips_the_update_with_a_message(tmp_path, monkeypatch, capsys):
-    from agents.maml_trpo import MAMLTRPO
+    from metarl.agents.maml_trpo import MAMLTRPO
 
     # the surrogate loss: its first evaluation is the first update's meta-gradient
     original = MAMLTRPO._surrogate_loss

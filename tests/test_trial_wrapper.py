@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import random_actions
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
+from metarl.envs import Bandit, BanditTask, GoalTask, Navigation2D, SparsePointRobot
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import metarl
-from envs import Bandit, BanditTask, GoalTask, Navigation2D, SparsePointRobot
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
 from metarl.wrappers import TrialWrapper, make_trial_env

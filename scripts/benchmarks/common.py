@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import metarl.envs as _envs  # noqa: F401 - registers the suite's families, which every benchmark looks up
 import numpy as np
 import torch
-
-import envs as _envs  # noqa: F401 - registers the suite's families, which every benchmark looks up
 
 LIGHT_FAMILIES = ("MetaRL/Bandit-v0", "MetaRL/TabularMDP-v0", "MetaRL/Navigation2D-v0", "MetaRL/SparsePointRobot-v0")
 """The families with a cheap native batched env; the default of ``--families``."""

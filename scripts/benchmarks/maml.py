@@ -47,7 +47,8 @@ DEFAULT_MAML_OUT = Path("benchmarks/maml_iteration.json")
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Time ``--maml-iterations`` meta-iterations of each implementation, print the medians by phase, write the
     JSON to ``--out`` and return it."""
-    from agents.maml_trpo import MAMLTRPO
+    from metarl.agents.maml_trpo import MAMLTRPO
+
     from metarl.presets import load_config
     from metarl.registry import make_family
     from metarl.seeding import seed_everything
@@ -114,7 +115,8 @@ def per_task_meta_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Gen
     does too; on the same episodes the two steps agree (tests/test_benchmark_maml_reference.py).
 
     Args:
-        agent: a :class:`agents.maml_trpo.MAMLTRPO` (second order, exact curvature, no pre-adaptation trust region:
+        agent: a :class:`metarl.agents.maml_trpo.MAMLTRPO` (second order, exact curvature, no pre-adaptation trust
+        region:
             the paper's algorithm, which is all this reference implements).
         tasks: the meta-batch's tasks.
         rng: draws the sampling seeds.
@@ -138,13 +140,14 @@ def per_task_meta_update(agent: Any, batches: Sequence[Any]) -> dict[str, float]
     ``agent.apply_trpo_step`` runs the conjugate gradient and the line search, which re-adapts at every candidate.
 
     Args:
-        agent: a :class:`agents.maml_trpo.MAMLTRPO`; its policy's parameters are updated in place.
-        batches: :class:`agents.inner_loop.MetaBatch` es of one task each (only ``inner`` and ``post`` are read).
+        agent: a :class:`metarl.agents.maml_trpo.MAMLTRPO`; its policy's parameters are updated in place.
+        batches: :class:`metarl.agents.inner_loop.MetaBatch` es of one task each (only ``inner`` and ``post`` are read).
 
     Returns:
         The seconds of the phases ``inner_and_gradient_s``, ``conjugate_gradient_s`` and ``line_search_s``.
     """
-    from agents.inner_loop import detach_distribution, detach_params
+    from metarl.agents.inner_loop import detach_distribution, detach_params
+
     from metarl.optim import flatten_tensors, unflatten_like
 
     config = agent.config

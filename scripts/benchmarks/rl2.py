@@ -37,7 +37,8 @@ DEFAULT_RL2_OUT = Path("benchmarks/rl2.json")
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Time every (preset, network), print its rates, write the JSON to ``--out`` and return it."""
-    from agents.rl2 import RL2
+    from metarl.agents.rl2 import RL2
+
     from metarl.presets import load_config
     from metarl.registry import make_family
     from metarl.seeding import seed_everything
