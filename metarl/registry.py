@@ -11,10 +11,10 @@ Algorithms: ``register_agent("my-algo", MyAgent, MyConfig)`` makes ``algo=my-alg
 ``metarl evaluate`` and ``metarl algos``: ``MyAgent`` has the members of :class:`metarl.agent.MetaAgent` and
 ``MyConfig`` is a dataclass subclass of :class:`metarl.config.RunConfig` with the algorithm's own fields.
 
-The suite's own families and algorithms register themselves when the packages ``envs`` and ``agents`` are imported;
-the first lookup or listing imports them (:func:`load_builtins`, the one place they are named). A user's family or
-algorithm is registered the same way from the user's module (``scripts/custom_family_example.py``,
-``scripts/custom_agent_example.py``).
+The suite's own families and algorithms register themselves when the packages ``metarl.envs`` and ``metarl.agents``
+(the folders ``envs/`` and ``agents/``) are imported; the first lookup or listing imports them (:func:`load_builtins`,
+the one place they are named). A user's family or algorithm is registered the same way from the user's module
+(``scripts/custom_family_example.py``, ``scripts/custom_agent_example.py``).
 """
 
 from __future__ import annotations
