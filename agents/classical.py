@@ -33,6 +33,7 @@ from metarl.envs.bandit import Bandit
 from metarl.envs.tabular_mdp import TabularMDP
 
 from metarl.agent import AdaptationCurve, CurveKind
+from metarl.budget import MemoryEstimate, buffer_estimate, largest_task_set, trial_step_bytes, with_sub_envs
 from metarl.config import RunConfig, check_at_least
 from metarl.distributed import Workers
 from metarl.registry import register_agent
@@ -739,6 +740,23 @@ class ClassicalMetaAgent:
         self.config = config
         self.device = device
         self._envs: dict[int, Any] = {}
+
+    @classmethod
+    def memory_estimate(cls, config: ClassicalConfig, family: TaskFamily) -> MemoryEstimate:
+        """The trials of the largest set of tasks played at once (the meta-batch, validation or the test) and the
+        trial envs kept for each size; the agents' own state is a few numbers per arm or state-action pair."""
+        field, count = largest_task_set(config, ("meta_batch_size", "eval_tasks", "test_tasks"))
+        estimate = buffer_estimate(
+            "trial buffers",
+            [
+                (f"{field} {{}}", count),
+                ("trial_episodes {}", config.trial_episodes),
+                ("horizon {}", family.horizon),
+            ],
+            2 * trial_step_bytes(family),  # time-major while collecting, then trial-major
+            (field, "trial_episodes"),
+        )
+        return with_sub_envs(estimate, [config.meta_batch_size, config.eval_tasks, config.test_tasks], family)
 
     def play_trials(self, tasks: Sequence[Any], rng: np.random.Generator, num_episodes: int) -> TrialBatch:
         """One trial of ``num_episodes`` episodes per task, agent and env seeds drawn from ``rng``."""

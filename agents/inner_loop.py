@@ -43,6 +43,17 @@ from metarl.advantages import (
     normalize_advantages,
 )
 from metarl.agent import AdaptationCurve, CurveKind
+from metarl.budget import (
+    FLOAT_BYTES,
+    MemoryEstimate,
+    action_floats,
+    buffer_estimate,
+    episode_step_bytes,
+    largest,
+    largest_task_set,
+    observation_floats,
+    with_sub_envs,
+)
 from metarl.config import RunConfig, check_at_least, check_choice, check_hidden_sizes, check_unit_interval
 from metarl.distributed import TaskShard, Workers
 from metarl.rollout import EpisodeBatch, collect_episodes
@@ -51,6 +62,15 @@ from metarl.tasks import TaskFamily
 Params = dict[str, torch.Tensor]
 HessianProduct = Callable[[Params], Params]
 """``v ↦ H v`` for per-task vectors (dicts with a leading task dim)."""
+
+# Memory estimate (metarl.budget), calibrated on the peak resident memory of Navigation2D runs as episodes_per_task
+# grows (20 -> 200; hidden sizes 64 and 256, 2 and 3 samplings): what a step costs beyond its episode buffers, in
+# floats per unit of the policy's width (hidden units + observation + action sizes).
+PROCESSED_STEP_BYTES = 8
+"""A processed step's advantage and weight (float32 each), kept beside its episode buffers."""
+EVALUATION_FLOATS_PER_STEP = 3.5
+"""An evaluation's inner step: the policy's activations and derivatives over one sampling's steps (3.5 measured
+with 2 and 4 samplings alike)."""
 
 
 @dataclasses.dataclass
@@ -156,6 +176,10 @@ class InnerLoopAgent:
     """Each process samples and adapts its block of the meta-batch."""
     progress_metrics: ClassVar[tuple[str, ...]] = ("meta/return_pre_adapt", "meta/return_step")
     """The returns before and after each inner step."""
+    update_floats_per_step: ClassVar[float] = 5.0
+    """Memory estimate: floats per step and sampling, per unit of the policy's width, that a training iteration's
+    outer update holds beside the episodes. TRPO's curvature products keep every sampling's activations: 4.5-5.2
+    measured; MAML-PPO's graph through the adaptation 2.8, Reptile's plain adaptation 1.8."""
 
     def __init__(
         self, family: TaskFamily, config: InnerLoopConfig, device: torch.device, workers: Workers | None = None
@@ -172,6 +196,51 @@ class InnerLoopAgent:
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
         """The outer update of the meta-parameters from one meta-iteration's episodes; returns metrics."""
         raise NotImplementedError
+
+    # -- memory ----------------------------------------------------------------------------------------------------
+    @classmethod
+    def training_samplings(cls, config: InnerLoopConfig) -> int:
+        """Episode batches one training iteration collects and keeps: before each inner step and after the last."""
+        return config.num_inner_steps + 1
+
+    @classmethod
+    def memory_estimate(cls, config: InnerLoopConfig, family: TaskFamily) -> MemoryEstimate:
+        """The memory of the larger of a training iteration and an evaluation (validation or the final test), and of
+        the vector envs kept for each (:mod:`metarl.budget`).
+
+        A training iteration keeps the episodes of every sampling and what the outer update builds on them
+        (:attr:`update_floats_per_step`); an evaluation keeps its samplings' episodes and, during an inner step, the
+        policy's activations over one sampling (:data:`EVALUATION_FLOATS_PER_STEP`).
+        """
+        width = sum(config.hidden_sizes) + observation_floats(family) + action_floats(family.action_space)
+        stored = episode_step_bytes(family) + PROCESSED_STEP_BYTES
+        episodes, horizon, samplings = config.episodes_per_task, family.horizon, cls.training_samplings(config)
+        training = buffer_estimate(
+            "training's episode buffers",
+            [
+                ("meta_batch_size {}", config.meta_batch_size),
+                ("episodes_per_task {}", episodes),
+                ("horizon {}", horizon),
+                ("{} samplings" if samplings > 1 else "{} sampling", samplings),
+            ],
+            stored + cls.update_floats_per_step * FLOAT_BYTES * width,
+            ("episodes_per_task", "meta_batch_size", "num_inner_steps"),
+        )
+        # validation and the final test differ only in their task count
+        evaluation_field, evaluation_tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
+        evaluation = buffer_estimate(
+            "an evaluation's episode buffers",
+            [
+                (f"{evaluation_field} {{}}", evaluation_tasks),
+                ("episodes_per_task {}", episodes),
+                ("horizon {}", horizon),
+            ],
+            (config.eval_steps + 1) * stored + EVALUATION_FLOATS_PER_STEP * FLOAT_BYTES * width,
+            ("episodes_per_task", evaluation_field),
+            note=f"{config.eval_steps + 1} samplings",
+        )
+        sizes = [tasks * episodes for tasks in (config.meta_batch_size, config.eval_tasks, config.test_tasks)]
+        return with_sub_envs(largest(training, evaluation), sizes, family)
 
     # -- data ------------------------------------------------------------------------------------------------------
     def envs(self, num_envs: int) -> Any:

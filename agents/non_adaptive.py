@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from metarl.agent import AdaptationCurve, CurveKind
+from metarl.budget import MemoryEstimate, buffer_estimate, episode_step_bytes, largest_task_set, with_sub_envs
 from metarl.config import RunConfig, check_at_least
 from metarl.distributed import Workers
 from metarl.rollout import RolloutPolicy, collect_episodes
@@ -55,6 +56,24 @@ class NonAdaptiveAgent:
     def rollout_policy(self, tasks: Sequence[Any], rng: np.random.Generator) -> RolloutPolicy:
         """The policy that plays ``tasks`` (observations ``[T, E, ...]`` to actions ``[T, E, ...]``)."""
         raise NotImplementedError
+
+    @classmethod
+    def memory_estimate(cls, config: NonAdaptiveConfig, family: TaskFamily) -> MemoryEstimate:
+        """The memory of one point of the curve on the largest set of tasks it is measured on (the meta-batch,
+        validation or the test; points are collected one at a time) and of the vector envs kept for each size."""
+        field, count = largest_task_set(config, ("meta_batch_size", "eval_tasks", "test_tasks"))
+        estimate = buffer_estimate(
+            "episode buffers",
+            [
+                (f"{field} {{}}", count),
+                ("episodes_per_task {}", config.episodes_per_task),
+                ("horizon {}", family.horizon),
+            ],
+            2 * episode_step_bytes(family),  # time-major while collecting, then task-major
+            ("episodes_per_task", field),
+        )
+        task_counts = (config.meta_batch_size, config.eval_tasks, config.test_tasks)
+        return with_sub_envs(estimate, [tasks * config.episodes_per_task for tasks in task_counts], family)
 
     def default_num_points(self) -> int:
         return self.config.eval_steps + 1

@@ -29,6 +29,14 @@ import torch
 from metarl.agents.non_adaptive import NonAdaptiveAgent, NonAdaptiveConfig
 from metarl.agents.ppo import PPOConfig
 
+from metarl.budget import (
+    FLOAT_BYTES,
+    MemoryEstimate,
+    action_floats,
+    buffer_estimate,
+    largest,
+    observation_floats,
+)
 from metarl.config import check_choice, check_hidden_sizes
 from metarl.distributed import Workers
 from metarl.registry import register_agent
@@ -37,6 +45,14 @@ from metarl.tasks import TaskFamily
 from metarl.wrappers import TaskObservationWrapper, task_vectors
 
 ACTIVATION_MODULES = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+# Memory estimate (metarl.budget), calibrated on the peak resident memory of the oracle on Navigation2D as
+# episodes_per_task grows (2 -> 20): SB3's rollout buffer, kept and flattened (two copies), and one minibatch's graph.
+SB3_BUFFER_FLOATS = 6
+"""Per step of SB3's rollout buffer beside the observation and action: reward, return, episode start, value,
+log-prob, advantage."""
+SB3_GRAPH_FLOATS_PER_UNIT = 3.4
+"""A minibatch's graph per step, per unit of the networks' width (hidden units + inputs + actions); a minibatch is
+``1 / ppo_minibatches`` of the rollout."""
 
 
 @dataclasses.dataclass
@@ -93,6 +109,26 @@ class OraclePPO(NonAdaptiveAgent):
             device=device,
             verbose=0,
         )
+
+    @classmethod
+    def memory_estimate(cls, config: OracleConfig, family: TaskFamily) -> MemoryEstimate:
+        """The larger of the evaluation's episode buffers and SB3's rollout buffer and update."""
+        example = family.sample_tasks(np.random.default_rng(0), 1)
+        inputs = observation_floats(family) + task_vectors(family, example).shape[1]
+        actions = action_floats(family.action_space)
+        width = sum(config.hidden_sizes) + inputs + actions
+        training = buffer_estimate(
+            "SB3's rollout buffer",
+            [
+                ("meta_batch_size {}", config.meta_batch_size),
+                ("episodes_per_task {}", config.episodes_per_task),
+                ("horizon {}", family.horizon),
+            ],
+            FLOAT_BYTES
+            * (2 * (inputs + actions + SB3_BUFFER_FLOATS) + SB3_GRAPH_FLOATS_PER_UNIT * width / config.ppo_minibatches),
+            ("episodes_per_task", "meta_batch_size"),
+        )
+        return largest(super().memory_estimate(config, family), training)
 
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """One PPO rollout and update, sub-env ``i`` playing ``tasks[i]`` from its next episode."""

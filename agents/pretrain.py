@@ -37,6 +37,11 @@ class MultiTaskPretrain(MAMLTRPO):
 
     MAML-TRPO's sampler, TRPO step, fine-tuning and evaluation, with an objective that has no inner loop."""
 
+    @classmethod
+    def training_samplings(cls, config: PretrainTRPOConfig) -> int:
+        """One batch per training iteration: the pre-adaptation episodes its objective is computed on."""
+        return 1
+
     def train_step(self, tasks: Sequence[Any], rng: np.random.Generator) -> dict[str, float]:
         """Collect episodes of every task with the current parameters and take one TRPO step on them all."""
         start = time.perf_counter()

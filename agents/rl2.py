@@ -39,11 +39,31 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.advantages import gae
 from metarl.agent import AdaptationCurve, CurveKind
+from metarl.budget import (
+    FLOAT_BYTES,
+    MemoryEstimate,
+    buffer_estimate,
+    largest,
+    largest_task_set,
+    trial_step_bytes,
+    with_sub_envs,
+)
 from metarl.config import check_at_least
 from metarl.distributed import TaskShard, Workers, sample_actions
 from metarl.registry import register_agent
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialBatch, TrialInputs, collect_trials, make_trial_envs, trial_input_size, trial_input_vector
+
+# Memory estimate (metarl.budget), calibrated on the peak resident memory of RL² on Navigation2D as the meta-batch
+# grows (100 -> 1600 trials; GRUs of 128 and 512 units; 1 and 4 minibatches). PPO's update is the peak: per step of the
+# meta-batch, a fixed part, and the graph of one minibatch (its GRUs' activations: per unit of each GRU).
+UPDATE_FLOATS_PER_STEP = 200
+"""The update's per-step tensors (advantages, targets, normalised values, minibatch copies), beyond the trial
+buffers and four copies of the input vector."""
+MINIBATCH_FLOATS_PER_STEP = 750
+"""A minibatch's graph per step, beside its GRUs (heads, distribution, losses)."""
+GRU_FLOATS_PER_UNIT = 11
+"""A minibatch's graph per step and GRU unit (gates, states and their gradients, in each GRU)."""
 
 
 @dataclasses.dataclass
@@ -212,6 +232,40 @@ class RL2:
         self.return_normalizer = ReturnNormalizer().to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_learning_rate, eps=1e-5)
         self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    @classmethod
+    def memory_estimate(cls, config: RL2Config, family: TaskFamily) -> MemoryEstimate:
+        """The memory of the larger of a training iteration (its trials and PPO's update on them) and an evaluation's
+        trials, and of the trial envs kept for each size (:mod:`metarl.budget`)."""
+        grus = 1 if config.rl2_shared_critic else 2
+        stored = 2 * trial_step_bytes(family)  # time-major while collecting, then trial-major
+        update_floats = UPDATE_FLOATS_PER_STEP + 4 * trial_input_size(family)
+        update_floats += (MINIBATCH_FLOATS_PER_STEP + GRU_FLOATS_PER_UNIT * grus * config.rl2_hidden_size) / min(
+            config.ppo_minibatches, config.meta_batch_size
+        )
+        if config.rl2_bptt_steps:
+            update_floats += 2 * grus * config.rl2_hidden_size  # each step's hidden state, kept to start chunks from
+        episodes, horizon = config.trial_episodes, family.horizon
+        training = buffer_estimate(
+            "training's trials and PPO update",
+            [("meta_batch_size {}", config.meta_batch_size), ("trial_episodes {}", episodes), ("horizon {}", horizon)],
+            stored + FLOAT_BYTES * update_floats,
+            ("meta_batch_size", "trial_episodes", "rl2_hidden_size"),
+            note=f"rl2_hidden_size {config.rl2_hidden_size}, ppo_minibatches {config.ppo_minibatches}",
+        )
+        evaluation_field, evaluation_tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
+        evaluation = buffer_estimate(
+            "an evaluation's trials",
+            [
+                (f"{evaluation_field} {{}}", evaluation_tasks),
+                ("trial_episodes {}", episodes),
+                ("horizon {}", horizon),
+            ],
+            stored,
+            (evaluation_field, "trial_episodes"),
+        )
+        sizes = [config.meta_batch_size, config.eval_tasks, config.test_tasks]
+        return with_sub_envs(largest(training, evaluation), sizes, family)
 
     # -- acting: a TrialPolicy ------------------------------------------------------------------------------------
     def initial_state(self, num_trials: int) -> torch.Tensor:

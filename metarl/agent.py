@@ -77,6 +77,11 @@ class MetaAgent(Protocol):
     Constructed as ``AgentClass(family, config, device, workers)``: ``config`` is the algorithm's own config class
     (the run's common fields and its own), ``workers`` the processes of a ``torchrun`` job (one process otherwise;
     an agent with ``trains_across_processes = False`` is only ever given one).
+
+    Optional: a classmethod ``memory_estimate(config, family) -> metarl.budget.MemoryEstimate``, the memory the
+    run's largest step needs (its buffers, from the config and the family's spaces and horizon). With it the trainer
+    refuses a run that cannot fit in the memory available before anything is written
+    (:func:`metarl.budget.check_memory_budget`); without it nothing is checked.
     """
 
     curve_kind: ClassVar[CurveKind]
@@ -128,3 +133,6 @@ PROTOCOL_METHODS = (
 """The methods :func:`metarl.registry.register_agent` checks a class for."""
 PROTOCOL_ATTRIBUTES = {"curve_kind": CurveKind, "trains_across_processes": bool, "progress_metrics": tuple}
 """The class attributes it checks, with their types."""
+OPTIONAL_METHODS = ("memory_estimate",)
+"""Classmethods an agent class may have: :func:`metarl.registry.register_agent` checks that they are callable where
+present (``memory_estimate``: :mod:`metarl.budget`)."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -19,46 +21,107 @@ LAST_CHECKPOINT = "last.pt"
 """A run folder's latest state (everything needed to resume)."""
 BEST_CHECKPOINT = "best.pt"
 """A run folder's agent as kept by validation (what evaluations use)."""
+CHECKPOINT_FORMAT = 2
+"""The suite's checkpoint format, recorded in each checkpoint's ``identity`` and in a run folder's ``run.json``.
+1: checkpoints without an ``identity`` (written before checkpoints knew their run; they still load); 2: with one
+(:mod:`metarl.run_folder`). A reader refuses a format newer than its own."""
+TEMPORARY_SUFFIX = ".tmp"
+"""The atomic writers write ``.<name>.<random>.tmp`` beside ``<name>``, then rename it over ``<name>``; a process
+killed in between leaves that file behind (:func:`metarl.run_folder.remove_stale_temporaries` removes it)."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    _write_atomically(Path(path), "wb", lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with the restricted (weights-only) unpickler.
+
+    Raises:
+        ValueError: no file at ``path``, a file that cannot be opened, or one the weights-only unpickler refuses
+            (damaged, truncated, not a checkpoint, or one whose pickle would run code), in one line naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {path}")
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(state, file)
+        file = path.open("rb")  # opened here, so that an I/O error is told apart from a file torch cannot parse
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error}); check its permissions") from error
+    with file:
+        try:
+            return torch.load(file, map_location=map_location, weights_only=True)
+        except Exception as error:  # torch raises many types (EOFError, RuntimeError, UnpicklingError, OSError...)
+            raise ValueError(
+                f"{path} is not a readable metarl checkpoint ({short_reason(error)}); it is damaged or was not "
+                "written by metarl: restore it from a copy, or train the run again"
+            ) from error
+
+
+def short_reason(error: BaseException) -> str:
+    """``<type>: <first sentence>`` of an exception from ``torch.load``, without the paragraphs torch adds (among
+    them the advice to load with ``weights_only=False``, which would let the file run code)."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"  # torch puts the actual reason after its advice, behind this marker
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = re.split(r"(?<=[.?!])\s", lines[0], maxsplit=1)[0].rstrip(".") if lines else "the file ends too early"
+    return f"{type(error).__name__}: {first}"
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write a UTF-8 text file atomically (configs, results)."""
+    _write_atomically(Path(path), "w", lambda file: file.write(text))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically (plots)."""
+    _write_atomically(Path(path), "wb", lambda file: file.write(data))
+
+
+def _write_atomically(path: Path, mode: str, write: Callable[[IO[Any]], Any]) -> None:
+    """Write through a temporary file beside ``path`` (``.<name>.<random>.tmp``), synced, then renamed over
+    ``path``: readers see the old file or the new one, never a part. On any failure the temporary file is removed.
+    An ``OSError`` is raised again naming ``path``, the file the user knows (a full disk fails a ``write``, which
+    names no file; a refused rename names the temporary file, which is gone)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # its errors name the folder that could not be made
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise (_naming(error, path) if error.errno is not None else error) from error
+    try:
+        with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         _default_permissions(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        cause = _os_error_in(error) if isinstance(error, Exception) else None  # an interrupt stays one
+        if cause is not None:
+            raise _naming(cause, path) from error
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with the restricted (weights-only) unpickler."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _os_error_in(error: BaseException) -> OSError | None:
+    """``error`` or the error it arose from, when that is an ``OSError`` with an errno: on a full disk torch's zip
+    writer fails again while closing, and raises a ``RuntimeError`` whose context is the ``OSError``."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a short chain: the error, torch's, perhaps one more
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write a text file atomically (configs, results)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-        _default_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same error (``OSError`` picks the subclass from the errno: ``PermissionError``...) naming ``path``."""
+    return OSError(error.errno, error.strerror, str(path))
 
 
 def _default_permissions(path: str) -> None:

@@ -10,6 +10,7 @@ registers (``metarl.register_family``, ``metarl.register_agent``) are available 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -18,28 +19,41 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from metarl.agent import CurveKind
+from metarl import console
 from metarl.config import RunConfig, field_docs
 from metarl.device import DEVICE_CHOICES, resolve_device, set_threads
 from metarl.distributed import end_worker_process, is_main_process, launched_world_size
 from metarl.evaluate import CHECKPOINTS, SPLITS
 from metarl.registry import agent_spec, family_spec, list_agents, list_families, load_builtins
 from metarl.rollout import RandomPolicy, collect_episodes
+from metarl.run_folder import describe_os_error
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    """``text`` as an int >= ``minimum``; argparse prints the message of the ``ArgumentTypeError`` after the option's
+    name (``argument --seeds: must be an int >= 0, got 'abc'``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
-    return value
+    return _int_at_least(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
-    return value
+    return _int_at_least(text, 0)
+
+
+# argparse names a type by its __name__ when the type raises ValueError or TypeError: a readable name, not ours
+_positive_int.__name__ = "integer >= 1"
+_non_negative_int.__name__ = "integer >= 0"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,13 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a registered algorithm (`metarl algos`; short for algo=...; overrides the preset's)",
     )
+    train.add_argument(
+        "--quiet",
+        action="store_true",
+        help="for scripts: print nothing but errors and, at the end, the run folder's path on stdout (the run's "
+        "progress field, saved in config.json, turns off only the progress lines on stderr)",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides, e.g. seed=3")
 
     evaluate = commands.add_parser(
         "evaluate",
         help="fast adaptation of trained runs on held-out test tasks: tables, JSON, CSV and a plot",
         description="Evaluate the agent of each run folder on a split (the held-out test tasks by default) for "
-        "several seeds: mean return at each adaptation point with a 95%% bootstrap interval over tasks. Each run "
+        "several seeds: mean return at each adaptation point with a 95% bootstrap interval over tasks. Each run "
         "gets evaluation/<split>-<checkpoint>.{json,csv,png} in its folder; several runs also a comparison in --out.",
     )
     evaluate.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by metarl train")
@@ -109,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--names", nargs="+", default=None, help="the agents' names in reports, one per run")
     evaluate.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="best", help="default: best")
     evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="device of the agents")
+    evaluate.add_argument(
+        "--foreign-checkpoint",
+        action="store_true",
+        help="evaluate a checkpoint even when it belongs to another run (a transfer experiment: that run's "
+        "parameters on this run's family and tasks); the results record that run. Without it, refused",
+    )
     evaluate.add_argument(
         "--out", type=Path, default=None, help="folder of the comparison of several runs (default: runs/comparison)"
     )
@@ -166,8 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _from_scratch(args)
         return _demo(args)
     except (TypeError, ValueError) as error:
-        parser.error(str(error))
-    return 2  # unreachable: parser.error exits
+        _exit_with_error(parser, str(error))
+    except OSError as error:  # a permission or disk error reading or writing a file: name it, no traceback
+        _exit_with_error(parser, describe_os_error(error))
+    return 2  # unreachable: _exit_with_error exits
+
+
+def _exit_with_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 and one line, ``metarl: error: <message>``. No usage text: the arguments parsed, and the
+    message names the value or file at fault and what to do."""
+    parser.exit(2, f"{parser.prog}: error: {' '.join(message.split())}\n")
 
 
 def _import(module: str, parser: argparse.ArgumentParser) -> None:
@@ -206,38 +240,32 @@ def _train(args: argparse.Namespace) -> int:
             extend_to = load_config(None, [f"iterations={overrides['iterations']}"]).iterations
     algo_override = [] if args.algo is None else [f"algo={args.algo}"]
     config = None if args.resume is not None else load_config(args.preset, [*algo_override, *args.overrides])
-    result = train(config, resume=args.resume, iterations=extend_to)
-    if not is_main_process():
-        return 0  # under torchrun, rank 0 reports
-    if result.curve_kind is CurveKind.STEP:
-        print(f"held-out test tasks ({len(result.test_returns) - 1} adaptation steps), mean episode return:")
-        labels = ["before" if k == 0 else f"step {k}" for k in range(len(result.test_returns))]
-        shown = range(len(result.test_returns))
-    else:
-        num_episodes = len(result.test_returns)
-        print(f"held-out test tasks (trials of {num_episodes} episodes), mean return of episodes and of the trial:")
-        shown = range(num_episodes) if num_episodes <= 10 else [0, 1, 2, num_episodes - 2, num_episodes - 1]
-        labels = [*(f"ep {k + 1}" for k in shown), "trial"]
-    print(" " * 22 + "  ".join(f"{label:>8s}" for label in labels))
-    kept = "final" if result.kept_iteration is None else f"kept (iteration {result.kept_iteration})"
-    rows = [(kept, result.test_returns, result.test_success)]
-    if result.kept_iteration not in (None, result.iterations) and result.last_test_returns is not None:
-        rows.append((f"last (iteration {result.iterations})", result.last_test_returns, result.last_test_success))
-    for name, returns, success in rows:
-        values = [returns[k] for k in shown] + ([] if result.curve_kind is CurveKind.STEP else [sum(returns)])
-        print(f"  {name:<20s}" + "  ".join(f"{value:8.2f}" for value in values))
-        if success is not None:
-            print(" " * 22 + "  ".join(f"{success[k]:8.1%}" for k in shown) + "   success rate")
-    print(f"run folder: {result.run_dir}  ({result.iterations} iterations, {result.minutes:.1f} min)")
+    with console.quiet() if args.quiet else contextlib.nullcontext():
+        result = train(config, resume=args.resume, iterations=extend_to)
+        if is_main_process():  # under torchrun, rank 0 reports
+            console.print_run_report(result)  # stdout: the held-out table and the run folder (--quiet: the folder)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from metarl.evaluate import comparison_table, evaluate_run, write_evaluation
+    from metarl.evaluate import check_run, comparison_table, evaluate_run, write_evaluation
+    from metarl.run_folder import check_writable_folder
 
-    for run in args.runs:  # every run folder checked before any is evaluated
+    resolve_device(args.device, fix="use --device auto or --device cpu")
+    # every run is checked before any is evaluated, and nothing is written before all checks pass: the folder, its
+    # config, family and checkpoint (readable, this run's), and that its evaluation/ folder can be written
+    for run in args.runs:
         if not Path(run).is_dir():
-            raise ValueError(f"no run folder at {run}")
+            raise ValueError(f"no run folder at {run}; pass folders made by metarl train")
+        check_run(run, checkpoint=args.checkpoint, allow_foreign=args.foreign_checkpoint)
+        check_writable_folder(
+            Path(run) / "evaluation",
+            f"{Path(run) / 'evaluation'}, where metarl evaluate writes its reports,",
+            "make the run folder writable (or evaluate a writable copy of it)",
+        )
+    if len(args.runs) > 1:
+        out = args.out or Path("runs") / "comparison"
+        check_writable_folder(out, f"--out {out}", "pass --out a folder you can write to")
     points = args.points or [None]
     if len(points) not in (1, len(args.runs)):
         raise ValueError(f"--points takes one number or one per run ({len(args.runs)}), got {len(points)}")
@@ -257,6 +285,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             name=name,
             device=args.device,
             progress=True,
+            allow_foreign=args.foreign_checkpoint,
         )
         paths = write_evaluation([evaluation], Path(run) / "evaluation", f"{args.split}-{args.checkpoint}")
         print(f"wrote {paths['json']}, .csv, .png", file=sys.stderr)

@@ -65,7 +65,9 @@ class RunConfig:
     run_root: str = "runs"
     """Folder under which run folders ``<family>__<algo>__<seed>__<time>`` are made."""
     progress: bool = True
-    """Show a progress line on the terminal."""
+    """Print progress on stderr: the start block, the per-iteration line and the validation lines
+    (:mod:`metarl.console`). The held-out table at the end is printed either way; ``metarl train --quiet`` silences
+    everything but errors and the run folder's path for one invocation, whatever this says."""
     dist_timeout_s: float = 300.0
     """Under ``torchrun``: the longest a process waits for the others at a collective (a gradient sum, say) before
     it ends the job with an error; bounds how long a hung process can stall the rest (docs/distributed.md)."""

@@ -68,11 +68,45 @@ class TaskHolder(Generic[TaskT]):
 class MetaEnv(TaskHolder[TaskT], gym.Env):
     """One sub-env of a task family: a Gymnasium env whose task is set with ``set_task``.
 
-    Task semantics: see :class:`TaskHolder`.
+    A family's env subclasses it and fills three hooks; ``reset`` and ``step`` are written here once and call them
+    (``scripts/custom_family_example.py`` is a whole family in one short file):
+
+    * ``_reset_state(self) -> None``: put the env in its initial state for the task being played. Called by every
+      ``reset``, after the new task (if any) took effect: ``self.task_params`` and ``self.get_task()`` are the new
+      task's.
+    * ``_observe(self) -> np.ndarray``: the current observation, an element of ``family.observation_space``. Called
+      after ``_reset_state`` and after each ``_step_state``.
+    * ``_step_state(self, action, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]``: advance the state by
+      one step; returns ``(reward, terminated, info)``. ``step`` adds the truncation at ``family.horizon`` steps.
+      ``info["success"]`` (a number, > 0 on success), where the family defines success, becomes the evaluator's
+      success rate.
+
+    Optional: ``draws_per_step`` (class attribute, default 0) is how many uniform numbers in [0, 1) each step's
+    ``uniforms`` holds, drawn from the env's seeded counter-based stream (``metarl.seeding``): a stochastic family
+    draws its randomness there, never from a global generator, so that a batched twin can reproduce it.
+    ``_on_task_activated(self) -> None`` is called when a new task takes effect, before ``_reset_state`` (a family
+    that rebuilds a model per task does it there).
+
+    ``self.task_params``: the parameters of the task being played, ``family.task_arrays([task])`` without the task
+    dim: a dict of NumPy arrays, float64 by default, one per field of the task dataclass (``task_params["goal"]``; a
+    scalar field gives a 0-d array). The task itself is ``self.get_task()``.
+
+    Actions reach ``_step_state`` checked but not clipped (:func:`check_action`): a Box action has the space's shape
+    and dtype and no NaN, but may lie outside the bounds (a Gaussian policy's sample), so a family clips it where its
+    dynamics need it (every family of the suite does); a Discrete action is a Python ``int`` in range.
+
+    Task semantics (``set_task``, ``reset(options={"task": ...})``, ``get_task``): see :class:`TaskHolder`.
 
     Randomness: seeding (``reset(seed=...)``) draws the key of a counter-based stream from ``np_random``; every
     stochastic step consumes ``draws_per_step`` numbers of that stream (see ``metarl.seeding``). The episode ends
-    by truncation after ``family.horizon`` steps unless the family terminates it first.
+    by truncation after ``family.horizon`` steps unless the family terminates it first; ``step`` after the end (or
+    before the first ``reset``) raises ``RuntimeError``.
+
+    Batched: a family whose ``vector_env_class`` is ``None`` runs through Gymnasium's vector envs of this env,
+    ``family.make_vec_env(n, tasks)`` (a ``SyncVectorEnv``) or ``gymnasium.make_vec(id, num_envs=n,
+    vectorization_mode="sync")`` (or ``"async"``), and :func:`metarl.tasks.set_vector_tasks` gives their sub-envs
+    their tasks (docs/families.md). A native batched env (:class:`metarl.TorchVectorEnv`) mirrors these hooks on
+    tensors with a leading sub-env dim.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - Gymnasium's own convention
@@ -129,6 +163,9 @@ class MetaEnv(TaskHolder[TaskT], gym.Env):
 
     def _step_state(self, action: Any, uniforms: tuple[float, ...]) -> tuple[float, bool, dict]:
         """Advance the state by a checked ``action`` using ``uniforms`` (``draws_per_step`` numbers in [0, 1)).
+
+        A Box ``action`` has the space's shape and dtype but is not clipped to its bounds (clip it here where the
+        dynamics need it); a Discrete one is an ``int`` in range.
 
         Returns:
             ``(reward, terminated, info)``.

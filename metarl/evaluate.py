@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from metarl.agent import AdaptationCurve, CurveKind
-from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, write_text_atomically
+from metarl.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, write_bytes_atomically, write_text_atomically
 from metarl.device import resolve_device
 from metarl.presets import load_run_config
 from metarl.registry import make_agent, make_family
+from metarl.run_folder import RunIdentity, load_run_checkpoint, read_run_id
 from metarl.seeding import seed_everything
 from metarl.tasks import check_count
 
@@ -68,6 +69,10 @@ class Evaluation:
     success: np.ndarray | None = None
     """``[num_seeds, num_points, num_tasks]`` share of each task's episodes that succeeded at each point, or
     ``None`` when the family does not define success."""
+    foreign_checkpoint: dict[str, Any] | None = None
+    """The identity (:class:`metarl.run_folder.RunIdentity`) of the run whose checkpoint was evaluated in this run,
+    when it is another run's, evaluated on purpose (``allow_foreign``, ``--foreign-checkpoint``); ``None``: the run's
+    own parameters."""
 
     def per_task(self) -> np.ndarray:
         """``[num_points, num_tasks]``: each task's return averaged over the evaluation seeds."""
@@ -134,6 +139,7 @@ def evaluate_run(
     name: str | None = None,
     device: str = "cpu",
     progress: bool = False,
+    allow_foreign: bool = False,
 ) -> Evaluation:
     """Evaluate the agent of a run folder on ``split``: its adaptation curve on each task, for each seed.
 
@@ -149,10 +155,13 @@ def evaluate_run(
         name: the agent's name in reports (default: the run folder's name).
         device: where the agent runs (``cpu``, ``cuda`` or ``auto``).
         progress: print a line per seed to stderr (seconds, mean return at the last point).
+        allow_foreign: evaluate the checkpoint even when it belongs to another run (a transfer experiment: another
+            run's parameters on this run's family and tasks); it says so on stderr, and the evaluation records that
+            run's identity (``foreign_checkpoint``). Without it such a checkpoint is refused.
 
     Raises:
-        ValueError: a bad argument, a missing run folder, or a checkpoint that is not this run's (all checked
-            before anything is evaluated).
+        ValueError: a bad argument, a missing run folder, or a checkpoint that is unreadable or another run's (all
+            checked before anything is evaluated).
     """
     run_dir = Path(run)
     if split not in SPLITS:
@@ -165,8 +174,9 @@ def evaluate_run(
     for seed in seeds:
         check_count("evaluation seed", seed, minimum=0)
     if not run_dir.is_dir():
-        raise ValueError(f"no run folder at {run_dir}")
+        raise ValueError(f"no run folder at {run_dir}; pass a folder made by metarl train")
     config = load_run_config(run_dir)
+    state, foreign = _checked_checkpoint(run_dir, checkpoint, config, allow_foreign)
     num_tasks = check_count("num_tasks", config.test_tasks if num_tasks is None else num_tasks)
     family = make_family(config.family, **config.family_kwargs)
     split_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks)[split]
@@ -175,16 +185,22 @@ def evaluate_run(
     task_indices = tuple(i % len(split_tasks) for i in range(num_tasks))
     tasks = [split_tasks[i] for i in task_indices]
 
-    agent = make_agent(config, family, resolve_device(device))
-    state = _load_agent_state(run_dir / CHECKPOINTS[checkpoint], run_dir)
+    agent = make_agent(config, family, resolve_device(device, fix="use device='auto' or device='cpu'"))
     try:
-        agent.load_state_dict(state)
+        agent.load_state_dict(state["agent"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise ValueError(
             f"{run_dir / CHECKPOINTS[checkpoint]} does not hold this run's agent ({config.algo} on {config.family}): "
-            f"{error}"
+            f"{' '.join(str(error).split())[:300]}"
         ) from error
     num_points = agent.default_num_points() if num_points is None else check_count("num_points", num_points)
+    if foreign is not None:
+        print(
+            f"{run_dir / CHECKPOINTS[checkpoint]} belongs to run {foreign.label()}: evaluating another run's "
+            f"parameters on {config.family} on purpose (foreign checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     curves: list[AdaptationCurve] = []
     for seed in seeds:
@@ -220,20 +236,47 @@ def evaluate_run(
         seeds=seeds,
         returns=np.stack([curve.returns for curve in curves]),
         success=None if curves[0].success is None else np.stack([curve.success for curve in curves]),
+        foreign_checkpoint=None if foreign is None else foreign.to_dict(),
     )
 
 
-def _load_agent_state(path: Path, run_dir: Path) -> dict[str, Any]:
-    """The agent state of a checkpoint, read with the weights-only unpickler; anything else is a clear error."""
-    if not path.is_file():
-        raise ValueError(f"{run_dir} has no checkpoint {path.name} (was the run trained to its first evaluation?)")
-    try:
-        checkpoint = load_checkpoint(path)
-    except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{path} is not a readable metarl checkpoint ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("agent"), dict):
-        raise ValueError(f"{path} is not a metarl checkpoint: it holds no agent state")
-    return checkpoint["agent"]
+def check_run(run: str | Path, *, checkpoint: str = "best", allow_foreign: bool = False) -> RunIdentity | None:
+    """Check, reading only, that :func:`evaluate_run` can evaluate ``run``: a run folder with a valid
+    ``config.json``, a registered family and algorithm, and the checkpoint readable and this run's (another run's
+    only with ``allow_foreign``). ``metarl evaluate`` checks every run this way before it evaluates any.
+
+    Returns:
+        The identity of the run the checkpoint belongs to when it is another's (``allow_foreign``), else ``None``.
+
+    Raises:
+        ValueError: what :func:`evaluate_run` would raise for these, in one line naming the file.
+    """
+    run_dir = Path(run)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {sorted(CHECKPOINTS)}, got {checkpoint!r}")
+    config = load_run_config(run_dir)
+    _, foreign = _checked_checkpoint(run_dir, checkpoint, config, allow_foreign)
+    make_family(config.family, **config.family_kwargs)
+    return foreign
+
+
+def _checked_checkpoint(
+    run_dir: Path, checkpoint: str, config: Any, allow_foreign: bool
+) -> tuple[dict[str, Any], RunIdentity | None]:
+    """The checkpoint ``checkpoint`` (``best`` or ``last``) of ``run_dir``, read with the weights-only unpickler and
+    checked to be this run's; and the identity of its run when it is another's and ``allow_foreign``."""
+    name = CHECKPOINTS[checkpoint]
+    if not (run_dir / name).is_file():
+        other = "last" if checkpoint == "best" else "best"
+        raise ValueError(
+            f"{run_dir} has no checkpoint {name} (was the run trained to its first "
+            f"{'evaluation' if checkpoint == 'best' else 'checkpoint'}?); try --checkpoint {other}"
+        )
+    fix = (
+        f"put the run's own {name} back, or evaluate another run's parameters on purpose with --foreign-checkpoint "
+        "(evaluate_run(..., allow_foreign=True))"
+    )
+    return load_run_checkpoint(run_dir, name, config, read_run_id(run_dir), fix=fix, allow_foreign=allow_foreign)
 
 
 # -- reports -------------------------------------------------------------------------------------------------------
@@ -244,6 +287,8 @@ def evaluation_to_json(evaluation: Evaluation) -> dict[str, Any]:
         for field in dataclasses.fields(evaluation)
         if field.name not in ("returns", "success")
     }
+    if fields["foreign_checkpoint"] is None:  # recorded only where another run's parameters were evaluated
+        del fields["foreign_checkpoint"]
     document = {
         **{key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()},
         "confidence": CONFIDENCE,
@@ -399,10 +444,7 @@ def plot_evaluations(evaluations: Sequence[Evaluation], path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    temporary.replace(path)
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 def write_evaluation(evaluations: Sequence[Evaluation], out_dir: Path, stem: str) -> dict[str, Path]:
@@ -425,6 +467,7 @@ __all__ = [
     "AdaptationCurve",
     "Evaluation",
     "bootstrap_ci",
+    "check_run",
     "comparison_table",
     "evaluate_run",
     "evaluations_csv",

@@ -58,7 +58,10 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Run
             path = PRESET_DIR / f"{preset}.yaml"
         else:
             raise ValueError(f"unknown preset {preset!r}; available: {', '.join(available_presets())} or a YAML path")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"preset {path} cannot be read as YAML ({_one_line(error)}); fix or replace it") from error
         if not isinstance(loaded, dict):
             raise ValueError(f"preset {path} must hold a mapping of config fields, got {type(loaded).__name__}")
         values.update(loaded)
@@ -66,7 +69,13 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Run
         key, sep, text = override.partition("=")
         if not sep:
             raise ValueError(f"override {override!r} must look like key=value")
-        values[key.strip()] = yaml.safe_load(text)
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(
+                f"override {override!r}: its value is not valid YAML ({_one_line(error)}); quote strings, write "
+                "lists as [a, b]"
+            ) from error
     return config_from_dict(values)
 
 
@@ -78,6 +87,11 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return build_config(agent_spec(algo).config_class, values)
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception's text on one line (YAML's errors span several, pointing at the column)."""
+    return " ".join(str(error).split())
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run folder was trained with (its ``config.json``), validated like any other.
 
@@ -85,23 +99,37 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     its algorithm does not have (it never read them) are dropped, so that such a run resumes and evaluates.
 
     Raises:
-        ValueError: no readable ``config.json``, an algorithm that is not registered (``--import`` the module that
-            registers it), or fields that are neither the algorithm's nor the old flat config's.
+        ValueError: no run folder, no readable ``config.json`` (each message names the file), an algorithm that is
+            not registered (``--import`` the module that registers it), or fields that are neither the algorithm's
+            nor the old flat config's.
     """
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        what = "is a file" if Path(run_dir).exists() else "does not exist"
+        raise ValueError(f"no run folder at {run_dir} (it {what}); pass a folder made by metarl train")
     if not path.is_file():
-        raise ValueError(f"{run_dir} is not a run folder: it has no config.json")
+        raise ValueError(f"{run_dir} is not a run folder: it has no config.json (metarl train writes one first)")
     try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); it was not written by metarl train") from error
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error}); check its permissions") from error
+    except ValueError as error:  # json.JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise ValueError(
+            f"{path} is not valid JSON ({_one_line(error)}); it was not written by metarl train, or was damaged: "
+            "restore it from a copy"
+        ) from error
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of config fields, got {type(values).__name__}")
     algo = values.get("algo", RunConfig.algo)
+    if not isinstance(algo, str):
+        raise ValueError(f"{path}: algo must be a string, got {algo!r}; restore the file from a copy")
     try:
         own_fields = set(field_names(agent_spec(algo).config_class))
     except ValueError as error:
         raise ValueError(f"cannot load the run {run_dir}: {error}") from error
     if set(values) <= FLAT_CONFIG_FIELDS | own_fields:
         values = {key: value for key, value in values.items() if key in own_fields}
-    return config_from_dict(values)
+    try:
+        return config_from_dict(values)
+    except (TypeError, ValueError) as error:  # a field edited by hand: say which file holds it
+        raise ValueError(f"{path}: {error}; fix that value or restore the file from a copy") from error

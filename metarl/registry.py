@@ -1,7 +1,8 @@
 """The two registries: task families (backed by Gymnasium's) and meta-learning algorithms.
 
 Families:
-``register_family(MyFamily)`` registers ``MetaRL/<name>-v<version>`` with Gymnasium, so that
+``register_family(MyFamily)`` registers ``MetaRL/<name>-v<version>`` with Gymnasium (``register_family(MyFamily,
+namespace="MyLab")``: ``MyLab/<name>-v<version>``, a namespace of the user's own, as Gymnasium ids have), so that
 ``gymnasium.make(id, **kwargs)`` builds the family's single env and ``gymnasium.make_vec(id, num_envs,
 vectorization_mode="vector_entry_point", **kwargs)`` its native batched env (when it has one; otherwise Gymnasium's
 Sync/Async vector envs work as for any env). Keyword arguments are the family's constructor arguments; the vector
@@ -29,16 +30,17 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from metarl.agent import PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS, MetaAgent
+from metarl.agent import OPTIONAL_METHODS, PROTOCOL_ATTRIBUTES, PROTOCOL_METHODS, MetaAgent
 from metarl.config import RunConfig
 from metarl.distributed import Workers
 from metarl.env import TaskHolder
 from metarl.tasks import TaskFamily
 
 NAMESPACE = "MetaRL"
+"""The suite's own namespace of family ids, and the default of :func:`register_family`."""
 BUILTIN_PACKAGES = ("metarl.envs", "metarl.agents")
 """The packages whose import registers the suite's own families and algorithms."""
-_ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # used with fullmatch: "$" would let a trailing newline in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,7 @@ class FamilySpec:
     """What the registry knows about one registered family."""
 
     id: str
-    """Gymnasium id, ``MetaRL/<name>-v<version>``."""
+    """Gymnasium id, ``<namespace>/<name>-v<version>`` (``MetaRL/...`` for the suite's own)."""
     family_class: type[TaskFamily]
     """The family class."""
     kwargs: dict[str, Any]
@@ -76,24 +78,34 @@ def _make_native_vector_env(
     return family_class(**kwargs).make_vec_env(num_envs, device=device, autoreset_mode=autoreset_mode)
 
 
-def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | None = None) -> str:
-    """Register ``family_class`` as ``MetaRL/<name>-v<version>`` in the suite's and Gymnasium's registries.
+def register_family(
+    family_class: type[TaskFamily], *, kwargs: dict[str, Any] | None = None, namespace: str = NAMESPACE
+) -> str:
+    """Register ``family_class`` as ``<namespace>/<name>-v<version>`` in the suite's and Gymnasium's registries.
 
     Args:
         family_class: a :class:`TaskFamily` subclass with ``name`` and ``version`` set.
         kwargs: default constructor arguments; they are checked by building the family once.
+        namespace: the id's namespace: letters, digits, ``_`` or ``-``, starting with a letter (Gymnasium's
+            ``Namespace/Name-vN``). ``MetaRL`` (the default) is the suite's; a family of your own may keep it, as
+            the existing examples do, but a namespace of your own (``MyLab``) says whose it is and cannot collide
+            with a family the suite adds later.
 
     Returns:
         The registered id.
 
     Raises:
         TypeError: ``family_class`` is not a TaskFamily subclass.
-        ValueError: a bad name or version, or the id is already registered to another class.
+        ValueError: a bad namespace, name or version, or the id is already registered to another class.
     """
     if not (isinstance(family_class, type) and issubclass(family_class, TaskFamily)):
         raise TypeError(f"register_family expects a TaskFamily subclass, got {family_class!r}")
+    if not isinstance(namespace, str) or not _ID_PATTERN.fullmatch(namespace):
+        raise ValueError(
+            f"namespace must be letters, digits, '_' or '-', starting with a letter (as in 'MyLab'), got {namespace!r}"
+        )
     name = getattr(family_class, "name", None)
-    if not isinstance(name, str) or not _ID_PATTERN.match(name):
+    if not isinstance(name, str) or not _ID_PATTERN.fullmatch(name):
         raise ValueError(f"{family_class.__name__}.name must be letters, digits, '_' or '-', got {name!r}")
     env_class = getattr(family_class, "env_class", None)
     if not (isinstance(env_class, type) and issubclass(env_class, gym.Env) and issubclass(env_class, TaskHolder)):
@@ -114,7 +126,7 @@ def register_family(family_class: type[TaskFamily], *, kwargs: dict[str, Any] | 
     version = family_class.version
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"{family_class.__name__}.version must be an int >= 0, got {version!r}")
-    env_id = f"{NAMESPACE}/{name}-v{version}"
+    env_id = f"{namespace}/{name}-v{version}"
     existing = _FAMILIES.get(env_id)
     # the same class, or the same class from a reloaded module, may register again; another class may not
     if existing is not None and _qualified_name(existing.family_class) != _qualified_name(family_class):
@@ -204,7 +216,8 @@ def register_agent(name: str, agent_class: type, config_class: type[RunConfig]) 
 
     Args:
         name: letters, digits, ``_`` or ``-``.
-        agent_class: a class with the members of :class:`metarl.agent.MetaAgent`.
+        agent_class: a class with the members of :class:`metarl.agent.MetaAgent` (and, optionally,
+            ``memory_estimate``: :mod:`metarl.budget`).
         config_class: a dataclass subclass of :class:`metarl.config.RunConfig` holding the algorithm's fields.
 
     Returns:
@@ -215,7 +228,7 @@ def register_agent(name: str, agent_class: type, config_class: type[RunConfig]) 
             dataclass.
         ValueError: a bad name, or ``name`` already registered to other classes.
     """
-    if not isinstance(name, str) or not _ID_PATTERN.match(name):
+    if not isinstance(name, str) or not _ID_PATTERN.fullmatch(name):
         raise ValueError(f"an algorithm name must be letters, digits, '_' or '-', got {name!r}")
     if not isinstance(agent_class, type):
         raise TypeError(f"register_agent expects a class, got {agent_class!r}")
@@ -225,6 +238,10 @@ def register_agent(name: str, agent_class: type, config_class: type[RunConfig]) 
             missing.append(f"{attribute} ({kind.__name__})")
     if missing:
         raise TypeError(f"{agent_class.__name__} is not a metarl.agent.MetaAgent: it lacks {', '.join(missing)}")
+    for method in OPTIONAL_METHODS:
+        member = getattr(agent_class, method, None)
+        if member is not None and not callable(member):
+            raise TypeError(f"{agent_class.__name__}.{method} must be a classmethod or absent, got {member!r}")
     if not (
         isinstance(config_class, type)
         and issubclass(config_class, RunConfig)

@@ -61,7 +61,7 @@ class TaskFamily(ABC, Generic[TaskT]):
     """
 
     name: ClassVar[str]
-    """Registered as ``MetaRL/<name>-v<version>``."""
+    """Registered as ``<namespace>/<name>-v<version>`` (``MetaRL`` unless ``register_family`` is given another)."""
     version: ClassVar[int] = 0
     """Bumped whenever reward, observation or task-distribution semantics change."""
     task_type: ClassVar[type]

@@ -21,7 +21,6 @@ import dataclasses
 import datetime
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl import console
 from metarl.agent import CurveKind, MetaAgent
+from metarl.budget import check_memory_budget
 from metarl.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -51,8 +52,15 @@ from metarl.distributed import (
     local_device,
 )
 from metarl.logging import RunLogger
-from metarl.presets import load_run_config
 from metarl.registry import agent_spec, list_agents, make_agent, make_family
+from metarl.run_folder import (
+    ResumePoint,
+    RunIdentity,
+    check_new_run_folder,
+    create_run_record,
+    read_resume_point,
+    resume_run_folder,
+)
 from metarl.seeding import seed_everything
 from metarl.tasks import TaskFamily
 
@@ -83,6 +91,16 @@ class RunResult:
     iteration shows here, where validation-based selection would hide it."""
     last_test_success: list[float] | None = None
     """The last parameters' success rate, where the family defines success."""
+    test_task_returns: list[list[float]] | None = None
+    """``[points][tasks]``: each test task's mean return at each point (``test_returns`` is their mean), from which
+    the 95 % intervals over tasks are computed."""
+    last_test_task_returns: list[list[float]] | None = None
+    """The same for the last parameters."""
+    start_iteration: int = 0
+    """The iteration this invocation resumed at (0: it started the run)."""
+    total_minutes: float | None = None
+    """Wall-clock minutes across resumes: the earlier invocations' up to the checkpoint this one resumed from, and
+    this one's; ``None`` where that checkpoint predates the record (``elapsed_s`` in ``last.pt``)."""
 
 
 def train(
@@ -98,33 +116,32 @@ def train(
     that was started with that total when the old total was a multiple of ``eval_interval`` (otherwise the extra
     validation at the old end has drawn from the task sampler).
 
-    Everything that can be checked is checked before any work starts: the family id, the policy's support of its
-    action space, the device, an extension that would not extend, an agent or meta-batch that cannot be split over
-    the processes of a ``torchrun`` job.
+    Everything that can be checked is checked before any work starts and before a byte is written: the family id,
+    the policy's support of its action space, the device, an extension that would not extend, an agent or meta-batch
+    that cannot be split over the processes of a ``torchrun`` job, a run folder that cannot be created (``run_root``
+    a file or not writable, ``run_dir`` existing already); on resume the folder (there, writable), its
+    ``config.json`` and ``run.json``, and its checkpoints (readable and this run's own:
+    :func:`metarl.run_folder.read_resume_point`).
 
     Under ``torchrun`` every process calls this; rank 0 creates and writes the run folder (resuming reads it in
     every process: across machines it must be on a shared filesystem).
     """
     started = time.perf_counter()
-    checkpoint = None
+    resume_point = None
     if iterations is not None and resume is None:
         raise ValueError("iterations= extends a resumed run; start a new run with the iterations config field")
     if resume is not None:
+        # read and check all of the folder first: its config.json is rewritten (iterations=) only once training starts
         run_dir = Path(resume)
-        config = load_run_config(run_dir)
-        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT)
-        if iterations is not None:
-            if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < checkpoint["iteration"]:
-                raise ValueError(
-                    f"iterations must be an integer >= the {checkpoint['iteration']} iterations {run_dir} has done, "
-                    f"got {iterations!r}"
-                )
-            config = dataclasses.replace(config, iterations=iterations)
-            if is_main_process():
-                write_text_atomically(run_dir / "config.json", config_to_json(config))
-    if config is None:
+        config, resume_point = read_resume_point(run_dir, iterations, writable=is_main_process())
+        no_cuda_fix = f'resume it where torch sees CUDA, or set "device": "auto" in {run_dir / "config.json"}'
+    elif config is None:
         raise ValueError("train() needs a config or a run folder to resume")
-    device = local_device(resolve_device(config.device))
+    else:
+        if is_main_process():  # only rank 0 creates the folder
+            check_new_run_folder(run_dir, config.run_root)
+        no_cuda_fix = "set device=auto or device=cpu"
+    device = local_device(resolve_device(config.device, fix=no_cuda_fix))
     set_threads(config.threads)
     family = make_family(config.family, **config.family_kwargs)
     split = family.split(seed=config.split_seed, num_tasks=config.num_tasks)
@@ -140,10 +157,12 @@ def train(
                 f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test tasks); "
                 "lower it or raise num_tasks"
             )
+    check_memory_budget(config, family, agent_spec(config.algo).agent_class)  # before any buffer or file is made
     _check_splittable(config)
     workers = init_workers(device, config.dist_timeout_s)
     try:
-        return _train(config, family, split, device, workers, checkpoint, run_dir, started)
+        checkpoint = None if resume_point is None else resume_point.checkpoint
+        return _train(config, family, split, device, workers, checkpoint, run_dir, started, resume_point)
     finally:
         if workers.distributed:
             close_workers()
@@ -158,9 +177,10 @@ def _train(
     checkpoint: dict[str, Any] | None,
     run_dir: str | Path | None,
     started: float,
+    resume_point: ResumePoint | None = None,
 ) -> RunResult:
-    """The meta-training loop and the final test evaluation of :func:`train` (resuming from ``checkpoint``), in one
-    process of the job."""
+    """The meta-training loop and the final test evaluation of :func:`train` (resuming from ``checkpoint``, the
+    ``last.pt`` of ``resume_point``), in one process of the job."""
     few_tasks = family.num_distinct_tasks is not None
     resume = checkpoint is not None
     seed_everything(config.seed)
@@ -168,20 +188,38 @@ def _train(
     task_rng = np.random.default_rng(config.seed)
 
     start_iteration, best_validation = 0, -math.inf
+    run_id = None  # the run's id (run.json), which rank 0 writes into every checkpoint
     if resume:
-        agent.load_state_dict(checkpoint["agent"])
-        restore_rng_states(checkpoint["rng"], task_rng)
+        try:  # a checkpoint of the same run fits: anything else stops here, before any write
+            agent.load_state_dict(checkpoint["agent"])
+            restore_rng_states(checkpoint["rng"], task_rng)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{Path(run_dir) / LAST_CHECKPOINT} does not hold a state this run ({config.algo} on {config.family}) "
+                f"can resume from: {type(error).__name__}: {' '.join(str(error).split())[:300]}; restore it from a copy"
+            ) from error
         start_iteration, best_validation = checkpoint["iteration"], checkpoint["best_validation"]
-        if workers.is_main:
-            _drop_metrics_after(run_dir / "metrics.jsonl", start_iteration)
+        if workers.is_main:  # every check passed: the resume's writes (leftovers, run.json, config, metrics)
+            run_id = resume_run_folder(Path(run_dir), config, resume_point)
     elif workers.is_main:
         run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
         run_dir.mkdir(parents=True, exist_ok=False)
+        run_id = create_run_record(run_dir)  # before any checkpoint, which records it
         write_text_atomically(run_dir / "config.json", config_to_json(config))
     run_dir = Path(workers.broadcast(str(run_dir)))  # the folder rank 0 named (a time stamp)
+    identity = RunIdentity.of(config, run_id).to_dict() if workers.is_main else None  # which run a checkpoint is of
     logger = RunLogger(run_dir, resume_after=start_iteration if resume else None) if workers.is_main else None
 
     validation_tasks = _first_tasks(split.validation, config.eval_tasks)
+    # wall time of the earlier invocations of a resumed run; None: its checkpoint was written before it was recorded
+    earlier_seconds = 0.0 if checkpoint is None else checkpoint.get("elapsed_s")
+    progress = console.Progress(config.iterations, start_iteration, enabled=config.progress and workers.is_main)
+    if progress.enabled:
+        progress.start(
+            console.start_lines(
+                config, agent, family.horizon, device, workers.world_size, run_dir, start_iteration, earlier_seconds
+            )
+        )
     try:
         for iteration in range(start_iteration, config.iterations):
             indices = task_rng.choice(len(split.train), config.meta_batch_size, replace=few_tasks)
@@ -189,6 +227,7 @@ def _train(
             iteration_started = time.perf_counter()
             metrics = guarded_train_step(agent, tasks, task_rng)
             done = iteration + 1
+            validated = None  # this iteration's validation curve, score and whether it became the best (to print)
             if done % config.eval_interval == 0 or done == config.iterations:
                 validation = agent.adaptation_curve(validation_tasks, task_rng, agent.default_num_points())
                 curve, success = validation.means_over_tasks()
@@ -198,53 +237,59 @@ def _train(
                 if logger is not None:
                     logger.log_curve(done, "validation", agent.curve_kind, curve, success)
                 score = agent.selection_score(curve)
+                validated = (curve, score, score > best_validation)
                 if score > best_validation:
                     best_validation = score
                     if workers.is_main:
-                        save_checkpoint(run_dir / BEST_CHECKPOINT, {"agent": agent.state_dict(), "iteration": done})
+                        best_state = {"agent": agent.state_dict(), "iteration": done, "identity": identity}
+                        save_checkpoint(run_dir / BEST_CHECKPOINT, best_state)
             # wall time of the whole iteration, validation included; the parts agents time are summed in it
             metrics["time/iteration_s"] = time.perf_counter() - iteration_started
             if not workers.is_main:
                 continue
             logger.log(done, metrics)
-            if config.progress:
-                _print_progress(done, config.iterations, metrics, agent.progress_metrics)
+            progress.iteration(done, metrics, agent.progress_metrics)
+            if validated is not None:
+                progress.validation(done, agent.curve_kind, *validated, best_score=best_validation)
             if done % config.checkpoint_interval == 0 or done == config.iterations:
                 state = {
                     "agent": agent.state_dict(),
                     "rng": rng_states(task_rng),
                     "iteration": done,
                     "best_validation": best_validation,
+                    "identity": identity,
+                    "elapsed_s": console.elapsed_seconds(earlier_seconds, started),  # None: unknown (see above)
                 }
                 save_checkpoint(run_dir / LAST_CHECKPOINT, state)
     finally:
+        progress.close()
         if logger is not None:
             logger.close()
-    if config.progress and workers.is_main:
-        print(file=sys.stderr)
 
     # final evaluation on held-out test tasks: the last parameters, then the ones kept by validation (rank 0 reads
     # them), on the same tasks with the same seed
     test_tasks = _first_tasks(split.test, config.test_tasks)
 
-    def test_curve() -> tuple[list[float], list[float] | None]:
+    def test_curve() -> tuple[list[float], list[float] | None, list[list[float]]]:
+        """The mean return and success rate over the test tasks at each point, and each task's return there."""
         curve = agent.adaptation_curve(
             test_tasks, np.random.default_rng([config.seed, 2**20]), agent.default_num_points()
         )
-        return curve.means_over_tasks()
+        return (*curve.means_over_tasks(), curve.returns.tolist())
 
     # the last parameters' actions draw from a fork of torch's RNG: the kept ones then draw the same noise, as they
     # did before the last parameters were evaluated too
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        last_returns, last_success = test_curve()
+        last_returns, last_success, last_task_returns = test_curve()
     best_path = run_dir / BEST_CHECKPOINT
     best = load_checkpoint(best_path) if workers.is_main and best_path.is_file() else None
     kept_iteration = workers.broadcast(None if best is None else best["iteration"])
     if kept_iteration is not None and kept_iteration != config.iterations:
         agent.load_state_dict(workers.broadcast(best["agent"] if best is not None else None))
-        test_returns, test_success = test_curve()
+        test_returns, test_success, test_task_returns = test_curve()
     else:  # the last parameters are the kept ones (or nothing was kept)
-        test_returns, test_success = last_returns, last_success
+        test_returns, test_success, test_task_returns = last_returns, last_success, last_task_returns
+    minutes = (time.perf_counter() - started) / 60
     result = RunResult(
         run_dir=run_dir,
         test_returns=test_returns,
@@ -252,10 +297,14 @@ def _train(
         best_validation_return=best_validation,
         test_success=test_success,
         iterations=config.iterations,
-        minutes=(time.perf_counter() - started) / 60,
+        minutes=minutes,
         kept_iteration=kept_iteration,
         last_test_returns=last_returns,
         last_test_success=last_success,
+        test_task_returns=test_task_returns,
+        last_test_task_returns=last_task_returns,
+        start_iteration=start_iteration,
+        total_minutes=None if earlier_seconds is None else earlier_seconds / 60 + minutes,
     )
     if workers.is_main:
         results = {**dataclasses.asdict(result), "run_dir": str(run_dir)}
@@ -293,7 +342,7 @@ def guarded_train_step(agent: MetaAgent, tasks: list[Any], rng: np.random.Genera
         finite = all(math.isfinite(value) for value in metrics.values()) and _all_finite(agent.state_dict())
     except FloatingPointError as error:
         metrics, finite = {}, False
-        print(f"skipped a meta-update: {error}", file=sys.stderr)
+        console.warn(f"skipped a meta-update: {error}")
     if not finite:
         agent.load_state_dict(before)
         metrics = {key: value for key, value in metrics.items() if math.isfinite(value)}
@@ -342,22 +391,3 @@ def _new_run_dir(config: RunConfig) -> Path:
     family = config.family.replace("/", "_")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(config.run_root) / f"{family}__{config.run_label()}__{config.seed}__{stamp}"
-
-
-def _drop_metrics_after(path: Path, iteration: int) -> None:
-    """On resume, forget the metrics logged after the checkpoint (they will be logged again)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
-    write_text_atomically(path, "".join(line + "\n" for line in kept))
-
-
-def _print_progress(done: int, total: int, metrics: dict[str, float], shown: tuple[str, ...]) -> None:
-    returns = " ".join(
-        f"{key.split('/')[-1].replace('return_', '')} {value:8.2f}"
-        for key, value in metrics.items()
-        if key.startswith(shown)
-    )
-    seconds = metrics["time/iteration_s"]
-    end = "\r" if sys.stderr.isatty() else "\n"
-    print(f"iter {done:5d}/{total}  {returns}  [{seconds:.2f} s/it]", end=end, file=sys.stderr, flush=True)
