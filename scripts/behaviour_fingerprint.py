@@ -58,7 +58,7 @@ CASES: dict[str, str] = {
 TORCHRUN_CASES = {"maml-trpo-torchrun2": CASES["maml-trpo"], "rl2-bandit-torchrun2": CASES["rl2-bandit"]}
 """The same runs over two processes (``torchrun --standalone --nproc_per_node=2``)."""
 
-DROPPED_RESULT_FIELDS = ("run_dir", "minutes")
+DROPPED_RESULT_FIELDS = ("run_dir", "minutes", "total_minutes")
 RENAMED_RESULT_FIELDS = {"curve_label": "curve_kind"}
 """``results.json`` keys renamed since a recording was made (old → new), compared under the new name."""
 
@@ -133,18 +133,27 @@ def compare(before_dir: Path, after_dir: Path) -> int:
             print(f"{case_dir.name}: missing in {after_dir}")
             differing += 1
             continue
+        case_differs = False
         for file in ("metrics.jsonl", "results.json"):
             before_text, after_text = (case_dir / file).read_text(), (after_case / file).read_text()
             if file == "results.json":
                 renamed = {RENAMED_RESULT_FIELDS.get(k, k): v for k, v in json.loads(before_text).items()}
                 before_text = json.dumps(renamed, indent=2, sort_keys=True) + "\n"
+                # fields the results gained since the recording have nothing to be compared with: named, left out
+                after_results = json.loads(after_text)
+                added = sorted(set(after_results) - set(renamed))
+                if added:
+                    print(f"{case_dir.name}/{file}: new fields, not in the recording: {', '.join(added)}")
+                    kept = {k: v for k, v in after_results.items() if k not in added}
+                    after_text = json.dumps(kept, indent=2, sort_keys=True) + "\n"
             if before_text == after_text:
                 continue
             differing += 1
+            case_differs = True
             load = (lambda text: [json.loads(line) for line in text.splitlines()]) if file.endswith("l") else json.loads
             size, where = _largest_difference(load(before_text), load(after_text))
             print(f"{case_dir.name}/{file}: differs, largest |difference| {size:.3g} at {where}")
-        if (case_dir / "metrics.jsonl").read_text() == (after_case / "metrics.jsonl").read_text():
+        if not case_differs:
             print(f"{case_dir.name}: identical")
     return 1 if differing else 0
 

@@ -25,3 +25,17 @@ def test_a_recording_matches_itself_and_a_changed_metric_is_found(tmp_path, monk
     assert "random/metrics.jsonl: differs, largest |difference| 1e-09 at [1]/meta/return_pre_adapt" in (
         capsys.readouterr().out
     )
+
+    # a results field added since the recording is named and left out; one that disappeared is a difference
+    metrics.write_text((tmp_path / "before" / "random" / "metrics.jsonl").read_text())
+    results_path = tmp_path / "after" / "random" / "results.json"
+    results = json.loads(results_path.read_text())
+    results_path.write_text(json.dumps({**results, "new_field": [1.0]}, indent=2, sort_keys=True) + "\n")
+    assert fingerprint.compare(tmp_path / "before", tmp_path / "after") == 0
+    out = capsys.readouterr().out
+    assert "random/results.json: new fields, not in the recording: new_field" in out and "random: identical" in out
+    del results["test_returns"]
+    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    assert fingerprint.compare(tmp_path / "before", tmp_path / "after") == 1
+    out = capsys.readouterr().out
+    assert "keys differ (['test_returns'])" in out and "random: identical" not in out
