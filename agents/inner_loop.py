@@ -284,8 +284,9 @@ class InnerLoopAgent:
         log_probs = self.policy.log_prob(data.observations, data.actions, params)
         return -average_per_task(log_probs * data.advantages, data.weights)
 
-    def inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float) -> Params:
-        """θ - α g for every parameter (Meta-SGD overrides it with its learned per-entry step sizes)."""
+    def inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float, step: int = 0) -> Params:
+        """θ - α g for every parameter (Meta-SGD overrides it with its learned per-entry step sizes, MAML++ with its
+        learned per-layer, per-step ones: ``step`` is the inner step's index, 0 for the first)."""
         return {name: value - step_size * g for (name, value), g in zip(params.items(), grads, strict=True)}
 
     def step_sizes(self, num_steps: int, evaluation: bool = False) -> list[float]:
@@ -303,20 +304,21 @@ class InnerLoopAgent:
         """
         # with no steps (the pretraining baseline's objective) the task count comes from the caller
         adapted = batch_params(params, inner[0].observations.shape[0] if inner else num_tasks)
-        for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
+        for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
             loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
             grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
-            adapted = self.inner_update(adapted, grads, step_size)
+            adapted = self.inner_update(adapted, grads, step_size, step=step)
         return adapted
 
     def _adaptation_step(
-        self, current: Params, data: PolicyGradientData, step_size: float
+        self, current: Params, data: PolicyGradientData, step_size: float, step: int = 0
     ) -> tuple[Params, HessianProduct]:
         """One inner step of every task from ``current`` (leading task dim), cut from the graph, and the product
         with the inner loss's Hessian at ``current``, which reuses the passes of the step's gradient."""
         gradient, hessian_product = self._inner_derivatives(detach_params(current), data)
         with torch.no_grad():
-            return self.inner_update(detach_params(current), list(gradient.values()), step_size), hessian_product
+            update = self.inner_update(detach_params(current), list(gradient.values()), step_size, step=step)
+            return update, hessian_product
 
     def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
         """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
@@ -329,8 +331,8 @@ class InnerLoopAgent:
         """:meth:`adaptation_points` and each step's size and inner-loss Hessian product at the point it left."""
         points = [detach_params(batch_params(params, num_tasks))]
         hessians = []
-        for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
-            point, hessian_product = self._adaptation_step(points[-1], data, step_size)
+        for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
+            point, hessian_product = self._adaptation_step(points[-1], data, step_size, step=step)
             points.append(point)
             hessians.append((step_size, hessian_product))
         return points, hessians
@@ -340,11 +342,11 @@ class InnerLoopAgent:
         adapted_per_task = []
         for t in range(inner[0].observations.shape[0]):
             task_params = dict(params)
-            for step_size, data in zip(self.step_sizes(len(inner)), inner, strict=True):
+            for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
                 task_data = PolicyGradientData(*(tensor[t : t + 1] for tensor in data))
                 loss = self.inner_losses(batch_params(task_params, 1), task_data).sum()
                 grads = torch.autograd.grad(loss, list(task_params.values()), create_graph=create_graph)
-                task_params = self.inner_update(task_params, grads, step_size)
+                task_params = self.inner_update(task_params, grads, step_size, step=step)
             adapted_per_task.append(task_params)
         return {name: torch.stack([p[name] for p in adapted_per_task]) for name in params}
 
@@ -380,7 +382,7 @@ class InnerLoopAgent:
         episodes: list[EpisodeBatch] = []
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
-        for step_size in [*self.step_sizes(num_steps, evaluation), None]:
+        for step, step_size in enumerate([*self.step_sizes(num_steps, evaluation), None]):
             batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)), shard=shard)
             episodes.append(batch)
             returns.append(self.workers.sum_floats([batch.returns.mean(dim=1).sum()])[0] / shard.total)
@@ -392,7 +394,7 @@ class InnerLoopAgent:
                 return MetaBatch(inner, data, returns, task_returns, task_successes or None, adapted, shard, episodes)
             inner.append(data)
             adapted = self._adaptation_step(
-                batch_params(params, len(tasks)) if adapted is None else adapted, data, step_size
+                batch_params(params, len(tasks)) if adapted is None else adapted, data, step_size, step=step
             )[0]
         raise AssertionError("unreachable")
 

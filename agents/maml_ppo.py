@@ -30,6 +30,7 @@ from metarl.agents.inner_loop import (
     InnerLoopConfig,
     MetaBatch,
     Params,
+    PolicyGradientData,
     average_per_task,
     detach_distribution,
     detach_params,
@@ -90,10 +91,10 @@ class MAMLPPO(InnerLoopAgent):
             parameters += list(self.learned_step_sizes.parameters())
         return parameters
 
-    def inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float) -> Params:
-        """θ - α g: α the configured step size, or Meta-SGD's learned per-entry one."""
+    def inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float, step: int = 0) -> Params:
+        """θ - α g: α the configured step size, or Meta-SGD's learned per-entry one (the same at every step)."""
         if self.learned_step_sizes is None:
-            return super().inner_update(params, grads, step_size)
+            return super().inner_update(params, grads, step_size, step=step)
         return self.learned_step_sizes.step(params, grads)
 
     def meta_update(self, batch: MetaBatch) -> dict[str, float]:
@@ -112,11 +113,7 @@ class MAMLPPO(InnerLoopAgent):
         old_pre_distribution = detach_distribution(self.policy.distribution(pre.observations, detach_params(theta)))
         for _ in range(config.ppo_epochs):
             adapted = self.adapt(theta, batch.inner, create_graph=not config.first_order)
-            distribution = self.policy.distribution(batch.post.observations, adapted)
-            ratio = torch.exp(distribution.log_prob(batch.post.actions) - old_log_probs)
-            clipped_ratio = ratio.clamp(1.0 - config.ppo_clip, 1.0 + config.ppo_clip)
-            objective = torch.min(ratio * batch.post.advantages, clipped_ratio * batch.post.advantages)
-            loss = -average_per_task(objective, batch.post.weights).sum() / total_tasks
+            loss, ratio, distribution = self.clipped_surrogate_loss(adapted, batch.post, old_log_probs, total_tasks)
             if config.ppo_kl_coeff > 0:
                 pre_distribution = self.policy.distribution(pre.observations, theta)
                 pre_kl = mean_kl(pre_distribution, old_pre_distribution, pre.weights, total_tasks)
@@ -139,6 +136,18 @@ class MAMLPPO(InnerLoopAgent):
             "losses/clip_fraction": total_clip_fraction,
             "time/outer_update_s": time.perf_counter() - start,
         }
+
+    def clipped_surrogate_loss(
+        self, adapted: Params, data: PolicyGradientData, old_log_probs: torch.Tensor, total_tasks: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """PPO's clipped surrogate of the adapted policies on ``data`` (collected with them), negated and averaged
+        over the meta-batch's ``total_tasks`` (this process's share); also the probability ratio and the adapted
+        policies' distribution, for the metrics."""
+        distribution = self.policy.distribution(data.observations, adapted)
+        ratio = torch.exp(distribution.log_prob(data.actions) - old_log_probs)
+        clipped_ratio = ratio.clamp(1.0 - self.config.ppo_clip, 1.0 + self.config.ppo_clip)
+        objective = torch.min(ratio * data.advantages, clipped_ratio * data.advantages)
+        return -average_per_task(objective, data.weights).sum() / total_tasks, ratio, distribution
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
