@@ -125,14 +125,26 @@ TINY_RL2_CONFIG = {
 }
 
 
+TINY_ALGO_VALUES = {
+    "maml-plus-plus": {"first_order_iterations": 2, "msl_annealing_iterations": 2},
+}
+"""Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules must fit in its 4
+iterations."""
+
+
 def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
     """:data:`TINY_TRAIN_CONFIG` for ``algo``: the keys its config class has (a baseline without a policy network has
-    no ``hidden_sizes``, say), then ``overrides``."""
+    no ``hidden_sizes``, say), the algorithm's :data:`TINY_ALGO_VALUES`, then ``overrides``."""
     from metarl.config import field_names
     from metarl.registry import agent_spec
 
     fields = set(field_names(agent_spec(algo).config_class))
-    return {**{key: value for key, value in TINY_TRAIN_CONFIG.items() if key in fields}, "algo": algo, **overrides}
+    return {
+        **{key: value for key, value in TINY_TRAIN_CONFIG.items() if key in fields},
+        "algo": algo,
+        **TINY_ALGO_VALUES.get(algo, {}),
+        **overrides,
+    }
 
 
 def load_script(name: str) -> ModuleType:
