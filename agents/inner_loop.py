@@ -289,6 +289,12 @@ class InnerLoopAgent:
         learned per-layer, per-step ones: ``step`` is the inner step's index, 0 for the first)."""
         return {name: value - step_size * g for (name, value), g in zip(params.items(), grads, strict=True)}
 
+    def begin_adaptation(self, num_tasks: int) -> None:
+        """Called before the first inner step of every adaptation (:meth:`adapt`, :meth:`sample`,
+        :meth:`adaptation_points`; :meth:`adapt_per_task` once per task, with 1): an inner update that keeps a state
+        across the steps (the learned optimiser's LSTM, :mod:`metarl.agents.learned_optimizer`) resets it here. Nothing
+        by default."""
+
     def step_sizes(self, num_steps: int, evaluation: bool = False) -> list[float]:
         sizes = list(self.config.eval_step_sizes if evaluation else self.config.inner_step_sizes)
         return [sizes[min(k, len(sizes) - 1)] for k in range(num_steps)]
@@ -302,13 +308,22 @@ class InnerLoopAgent:
         them (second-order MAML); without it the inner gradients are constants (first order). ``num_tasks`` is
         needed only when ``inner`` is empty (no step: the parameters repeated per task).
         """
+        return self.adaptation_path(params, inner, create_graph, num_tasks)[-1]
+
+    def adaptation_path(
+        self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool, num_tasks: int | None = None
+    ) -> list[Params]:
+        """Every task's parameters before the first inner step and after each one (``len(inner) + 1`` dicts with a
+        leading task dim), with the graph :meth:`adapt` keeps: MAML++'s multi-step loss uses every point."""
         # with no steps (the pretraining baseline's objective) the task count comes from the caller
-        adapted = batch_params(params, inner[0].observations.shape[0] if inner else num_tasks)
+        num_tasks = inner[0].observations.shape[0] if inner else num_tasks
+        path = [batch_params(params, num_tasks)]
+        self.begin_adaptation(num_tasks)
         for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
-            loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
-            grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
-            adapted = self.inner_update(adapted, grads, step_size, step=step)
-        return adapted
+            loss = self.inner_losses(path[-1], data).sum()  # tasks are independent: the sum's gradient is per task
+            grads = torch.autograd.grad(loss, list(path[-1].values()), create_graph=create_graph)
+            path.append(self.inner_update(path[-1], grads, step_size, step=step))
+        return path
 
     def _adaptation_step(
         self, current: Params, data: PolicyGradientData, step_size: float, step: int = 0
@@ -331,6 +346,7 @@ class InnerLoopAgent:
         """:meth:`adaptation_points` and each step's size and inner-loss Hessian product at the point it left."""
         points = [detach_params(batch_params(params, num_tasks))]
         hessians = []
+        self.begin_adaptation(num_tasks)
         for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
             point, hessian_product = self._adaptation_step(points[-1], data, step_size, step=step)
             points.append(point)
@@ -342,6 +358,7 @@ class InnerLoopAgent:
         adapted_per_task = []
         for t in range(inner[0].observations.shape[0]):
             task_params = dict(params)
+            self.begin_adaptation(1)
             for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
                 task_data = PolicyGradientData(*(tensor[t : t + 1] for tensor in data))
                 loss = self.inner_losses(batch_params(task_params, 1), task_data).sum()
@@ -382,6 +399,7 @@ class InnerLoopAgent:
         episodes: list[EpisodeBatch] = []
         params = {name: value.detach() for name, value in self.policy.named_parameters()}
         adapted: Params | None = None
+        self.begin_adaptation(len(tasks))
         for step, step_size in enumerate([*self.step_sizes(num_steps, evaluation), None]):
             batch = self.collect(tasks, adapted, seed=int(rng.integers(2**31)), shard=shard)
             episodes.append(batch)

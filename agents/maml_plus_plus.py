@@ -52,7 +52,6 @@ import torch
 from metarl.agents.inner_loop import (
     MetaBatch,
     Params,
-    PolicyGradientData,
     average_per_task,
     detach_distribution,
     detach_params,
@@ -60,7 +59,6 @@ from metarl.agents.inner_loop import (
 )
 from metarl.agents.maml_ppo import MAMLPPO, MAMLPPOConfig
 from metarl.agents.meta_sgd import PerStepLayerStepSizes
-from metarl.agents.policies import batch_params
 
 from metarl.config import check_at_least, check_positive_numbers, check_unit_interval
 from metarl.distributed import Workers
@@ -200,24 +198,12 @@ class MAMLPlusPlus(MAMLPPO):
             return super().inner_update(params, grads, step_size, step=step)
         return self.lslr.step(params, grads, step)
 
-    def adapt_steps(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> list[Params]:
-        """Every task's parameters after each inner step (``len(inner)`` dicts with a leading task dim): the points
-        of :meth:`adapt`, whose last one is ``adapt``'s result."""
-        adapted = batch_params(params, inner[0].observations.shape[0])
-        points = []
-        for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
-            loss = self.inner_losses(adapted, data).sum()  # tasks are independent: the sum's gradient is per task
-            grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=create_graph)
-            adapted = self.inner_update(adapted, grads, step_size, step=step)
-            points.append(adapted)
-        return points
-
     # -- the outer loop --------------------------------------------------------------------------------------------
     def old_distributions(self, theta: Params, batch: MetaBatch) -> list[Any]:
         """The distributions, cut from the graph, of the policies after each inner step (adapted from the current θ)
         on the episodes collected with them: PPO's old policies."""
         targets = [*batch.inner[1:], batch.post]
-        points = self.adapt_steps(theta, batch.inner, create_graph=False)
+        points = self.adaptation_path(theta, batch.inner, create_graph=False)[1:]
         return [
             detach_distribution(self.policy.distribution(data.observations, detach_params(point)))
             for data, point in zip(targets, points, strict=True)
@@ -234,7 +220,7 @@ class MAMLPlusPlus(MAMLPPO):
         """Σ_k w_k L_k: each inner step's clipped surrogate on the episodes its policies collected, weighted; also the
         last step's probability ratio and distribution, for the metrics. ``create_graph``: second order."""
         targets = [*batch.inner[1:], batch.post]
-        points = self.adapt_steps(theta, batch.inner, create_graph=create_graph)
+        points = self.adaptation_path(theta, batch.inner, create_graph=create_graph)[1:]
         loss: torch.Tensor | float = 0.0
         for weight, point, data, old in zip(weights, points, targets, old_log_probs, strict=True):
             if weight == 0.0:  # without MSL only the last step's surrogate counts
