@@ -7,6 +7,7 @@ Any test that takes a ``family_id`` argument runs once per suite family (once pe
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -145,6 +146,55 @@ def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
         **TINY_ALGO_VALUES.get(algo, {}),
         **overrides,
     }
+
+
+def assert_same_state(actual: Any, expected: Any, where: str = "state") -> None:
+    """Two (nested) state dicts are bitwise equal: every tensor ``torch.equal``, every other value ``==``; a
+    failure names where."""
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(actual, expected), where
+    elif isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_state(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_state(a, e, f"{where}[{i}]")
+    else:
+        assert actual == expected, where
+
+
+def metrics_without_timings(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's ``metrics.jsonl`` records without the wall-clock ``time/...`` keys."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if not key.startswith("time/")} for record in records]
+
+
+def interrupted_and_resumed(agent_class: type, values: dict[str, Any], tmp_path: Path, monkeypatch: Any) -> tuple:
+    """Train ``values`` straight into ``tmp_path/reference``, and again into ``tmp_path/killed`` with the agent's
+    third ``train_step`` interrupted (a KeyboardInterrupt after the checkpoint at iteration 2), then resume that
+    folder to the end. Returns ``(reference, resumed)``, the two :class:`metarl.trainer.RunResult`."""
+    from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
+    from metarl.presets import config_from_dict
+    from metarl.trainer import train
+
+    reference = train(config_from_dict(values), run_dir=tmp_path / "reference")
+    real_step = agent_class.train_step
+    calls = []
+
+    def interrupted_step(self, tasks, rng):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, tasks, rng)
+
+    monkeypatch.setattr(agent_class, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_from_dict(values), run_dir=tmp_path / "killed")
+    assert load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)["iteration"] == 2
+    monkeypatch.setattr(agent_class, "train_step", real_step)
+    return reference, train(None, resume=tmp_path / "killed")
 
 
 def load_script(name: str) -> ModuleType:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_values
+from conftest import metrics_without_timings, tiny_values
 
 from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from metarl.cli import main as cli_main
@@ -39,11 +39,6 @@ def cli_overrides(**changes: Any) -> list[str]:
     """The suite's tiny run as ``key=value`` arguments of ``metarl train``."""
     values = {**tiny_values(ALGO), **changes}
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
-
-
-def without_timings(run_dir: Path) -> list[dict[str, float]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{key: value for key, value in record.items() if not key.startswith("time/")} for record in records]
 
 
 def killed_after_its_first_checkpoint(command: list[str], run_root: Path) -> int:
@@ -76,7 +71,7 @@ def test_trains_and_evaluates_through_the_cli(tmp_path, capsys):
     assert json.loads((run_dir / "config.json").read_text())["algo"] == ALGO
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["test_returns"]) == 2 and results["iterations"] == 4
-    records = without_timings(run_dir)
+    records = metrics_without_timings(run_dir)
     assert [record["iteration"] for record in records] == [1, 2, 3, 4]
     assert {"meta/return_pre_adapt", "meta/return_step_1", "losses/outer"} <= records[0].keys()
 
@@ -120,7 +115,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_runs_parameters_optimiser_and
     for index, moments in expected_optimizer["state"].items():  # Adam's step count and moments, per parameter
         for key, value in moments.items():
             assert torch.equal(optimizer["state"][index][key], value), (index, key)
-    assert without_timings(run_dir) == without_timings(reference.run_dir)
+    assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
     assert json.loads((run_dir / "results.json").read_text())["test_returns"] == reference.test_returns
 
 

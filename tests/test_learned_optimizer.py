@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_values
+from conftest import assert_same_state, interrupted_and_resumed, metrics_without_timings, tiny_values
 from metarl.agents.inner_loop import PolicyGradientData, detach_params
 from metarl.agents.learned_optimizer import LearnedOptimizerMAML, preprocess_gradients
 from metarl.agents.policies import batch_params
@@ -216,46 +215,11 @@ def test_more_inner_steps_at_evaluation_than_trained_keep_stepping_the_lstm():
 
 
 # -- runs ------------------------------------------------------------------------------------------------------------
-def without_timings(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if not k.startswith("time/")} for record in records]
-
-
-def assert_same(actual, expected, where="state"):
-    if isinstance(expected, torch.Tensor):
-        assert torch.equal(actual, expected), where
-    elif isinstance(expected, dict):
-        assert actual.keys() == expected.keys(), where
-        for key in expected:
-            assert_same(actual[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, list | tuple):
-        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_same(a, e, f"{where}[{i}]")
-    else:
-        assert actual == expected, where
-
-
 def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     """4 iterations straight, and the same run stopped during iteration 3 (checkpoint at 2) then resumed: the same
     policy, LSTM, Adam state, metrics and test returns."""
     values = tiny_values(ALGO, ppo_epochs=2, lstm_hidden_size=4)
-    reference = train(config_from_dict(values), run_dir=tmp_path / "reference")
-
-    real_step = LearnedOptimizerMAML.train_step
-    calls = []
-
-    def interrupted_step(self, tasks, rng):
-        calls.append(None)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, tasks, rng)
-
-    monkeypatch.setattr(LearnedOptimizerMAML, "train_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_from_dict(values), run_dir=tmp_path / "killed")
-    assert load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)["iteration"] == 2
-    monkeypatch.setattr(LearnedOptimizerMAML, "train_step", real_step)
-    resumed = train(None, resume=tmp_path / "killed")
+    reference, resumed = interrupted_and_resumed(LearnedOptimizerMAML, values, tmp_path, monkeypatch)
 
     final = load_checkpoint(resumed.run_dir / LAST_CHECKPOINT)["agent"]
     expected = load_checkpoint(reference.run_dir / LAST_CHECKPOINT)["agent"]
@@ -263,8 +227,8 @@ def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run
     # Adam holds the LSTM's moments beside the policy's
     policy_size = len(final["policy"])
     assert len(final["optimizer"]["state"]) == policy_size + len(final["lstm"])
-    assert_same(final, expected)
-    assert without_timings(resumed.run_dir) == without_timings(reference.run_dir)
+    assert_same_state(final, expected)
+    assert metrics_without_timings(resumed.run_dir) == metrics_without_timings(reference.run_dir)
     assert resumed.test_returns == reference.test_returns
 
 

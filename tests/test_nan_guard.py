@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RL2_CONFIG, tiny_values
+from conftest import TINY_RL2_CONFIG, assert_same_state, tiny_values
 
 from metarl.presets import config_from_dict
 from metarl.registry import list_agents, make_agent, make_family
@@ -31,21 +31,6 @@ def float_tensors(state) -> list[torch.Tensor]:
     if isinstance(state, list | tuple):
         return [tensor for value in state for tensor in float_tensors(value)]
     return []
-
-
-def assert_same_state(actual, expected, where: str = "state") -> None:
-    if isinstance(expected, torch.Tensor):
-        assert torch.equal(actual, expected), where
-    elif isinstance(expected, dict):
-        assert actual.keys() == expected.keys(), where
-        for key in expected:
-            assert_same_state(actual[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, list | tuple):
-        assert len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_same_state(a, e, f"{where}[{i}]")
-    else:
-        assert actual == expected, where
 
 
 def cloned(state):
