@@ -197,6 +197,37 @@ def interrupted_and_resumed(agent_class: type, values: dict[str, Any], tmp_path:
     return reference, train(None, resume=tmp_path / "killed")
 
 
+def assert_resumed_equals_reference(reference: Any, resumed: Any) -> dict[str, Any]:
+    """The resumed run of :func:`interrupted_and_resumed` ends where the uninterrupted one does: the same agent state
+    in ``last.pt``, the same metrics (timings aside) and the same test returns. Returns the resumed agent's state."""
+    from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
+
+    final = load_checkpoint(resumed.run_dir / LAST_CHECKPOINT)["agent"]
+    assert_same_state(final, load_checkpoint(reference.run_dir / LAST_CHECKPOINT)["agent"])
+    assert metrics_without_timings(resumed.run_dir) == metrics_without_timings(reference.run_dir)
+    assert resumed.test_returns == reference.test_returns
+    return final
+
+
+def assert_refused_before_a_run_folder(
+    algo: str, overrides: list[str], message: str, match: str, run_root: Path, capsys: Any
+) -> None:
+    """``metarl train`` of ``algo``'s tiny config with ``overrides`` exits 2 with ``message`` on stderr and makes no
+    run folder under ``run_root``; building the config directly raises a ValueError matching ``match``."""
+    from metarl.cli import main as cli_main
+    from metarl.presets import config_from_dict
+
+    values = tiny_values(algo)
+    base = [f"{key}={json.dumps(value)}" for key, value in values.items() if key != "algo"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train", "--algo", algo, *base, *overrides, f"run_root={run_root}"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(run_root.iterdir()), "a run folder was made for a refused config"
+    with pytest.raises(ValueError, match=match):
+        config_from_dict({**values, **dict(override.split("=", 1) for override in overrides)})
+
+
 def load_script(name: str) -> ModuleType:
     """Import ``scripts/<name>.py`` as a module, so that tests call its ``main(argv)``."""
     path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"

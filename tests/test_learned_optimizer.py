@@ -4,20 +4,22 @@ more evaluation steps than trained, exact resume, refused configs, and learning 
 
 from __future__ import annotations
 
-import json
 import math
 
 import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_state, interrupted_and_resumed, metrics_without_timings, tiny_values
+from conftest import (
+    assert_refused_before_a_run_folder,
+    assert_resumed_equals_reference,
+    interrupted_and_resumed,
+    tiny_values,
+)
 from metarl.agents.inner_loop import PolicyGradientData, detach_params
 from metarl.agents.learned_optimizer import LearnedOptimizerMAML, preprocess_gradients
 from metarl.agents.policies import batch_params
 
-from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from metarl.cli import main as cli_main
 from metarl.presets import config_from_dict
 from metarl.registry import make_family
 from metarl.trainer import train
@@ -221,15 +223,11 @@ def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run
     values = tiny_values(ALGO, ppo_epochs=2, lstm_hidden_size=4)
     reference, resumed = interrupted_and_resumed(LearnedOptimizerMAML, values, tmp_path, monkeypatch)
 
-    final = load_checkpoint(resumed.run_dir / LAST_CHECKPOINT)["agent"]
-    expected = load_checkpoint(reference.run_dir / LAST_CHECKPOINT)["agent"]
+    final = assert_resumed_equals_reference(reference, resumed)
     assert "lstm" in final and final["optimizer"]["state"]
     # Adam holds the LSTM's moments beside the policy's
     policy_size = len(final["policy"])
     assert len(final["optimizer"]["state"]) == policy_size + len(final["lstm"])
-    assert_same_state(final, expected)
-    assert metrics_without_timings(resumed.run_dir) == metrics_without_timings(reference.run_dir)
-    assert resumed.test_returns == reference.test_returns
 
 
 @pytest.mark.parametrize(
@@ -246,15 +244,7 @@ def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run
     ],
 )
 def test_bad_values_are_refused_before_a_run_folder_exists(tmp_path, capsys, overrides, message):
-    values = tiny_values(ALGO)
-    base = [f"{key}={json.dumps(value)}" for key, value in values.items() if key != "algo"]
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["train", "--algo", ALGO, *base, *overrides, f"run_root={tmp_path}"])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not any(tmp_path.iterdir()), "a run folder was made for a refused config"
-    with pytest.raises(ValueError, match=r"must|meta_sgd"):
-        config_from_dict({**values, **dict(o.split("=", 1) for o in overrides)})
+    assert_refused_before_a_run_folder(ALGO, overrides, message, r"must|meta_sgd", tmp_path, capsys)
 
 
 @pytest.mark.slow

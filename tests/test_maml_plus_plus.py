@@ -4,20 +4,22 @@ annealing against FO-MAML, the cosine learning rate, exact resume, refused confi
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import metarl.envs  # noqa: F401 - registers the families
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_state, interrupted_and_resumed, metrics_without_timings, tiny_values
+from conftest import (
+    assert_refused_before_a_run_folder,
+    assert_resumed_equals_reference,
+    interrupted_and_resumed,
+    tiny_values,
+)
 from metarl.agents.inner_loop import PolicyGradientData
 from metarl.agents.maml_plus_plus import MAMLPlusPlus, cosine_learning_rate, multi_step_loss_weights
 from metarl.agents.maml_ppo import MAMLPPO
 
-from metarl.checkpoint import LAST_CHECKPOINT, load_checkpoint
-from metarl.cli import main as cli_main
 from metarl.presets import config_from_dict
 from metarl.registry import make_family
 from metarl.trainer import train
@@ -194,12 +196,8 @@ def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run
     values = tiny_values(ALGO, num_inner_steps=2, ppo_epochs=2)
     reference, resumed = interrupted_and_resumed(MAMLPlusPlus, values, tmp_path, monkeypatch)
 
-    final = load_checkpoint(resumed.run_dir / LAST_CHECKPOINT)["agent"]
-    expected = load_checkpoint(reference.run_dir / LAST_CHECKPOINT)["agent"]
+    final = assert_resumed_equals_reference(reference, resumed)
     assert final["meta_iterations_done"] == 4 and final["optimizer"]["state"] and "lslr" in final
-    assert_same_state(final, expected)
-    assert metrics_without_timings(resumed.run_dir) == metrics_without_timings(reference.run_dir)
-    assert resumed.test_returns == reference.test_returns
 
 
 @pytest.mark.parametrize(
@@ -218,15 +216,7 @@ def test_a_run_interrupted_after_its_checkpoint_resumes_to_the_uninterrupted_run
     ],
 )
 def test_bad_values_are_refused_before_a_run_folder_exists(tmp_path, capsys, overrides, message):
-    values = tiny_values(ALGO)
-    base = [f"{key}={json.dumps(value)}" for key, value in values.items() if key != "algo"]
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["train", "--algo", ALGO, *base, *overrides, f"run_root={tmp_path}"])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not any(tmp_path.iterdir()), "a run folder was made for a refused config"
-    with pytest.raises(ValueError, match=r"must|both learn"):
-        config_from_dict({**values, **dict(o.split("=", 1) for o in overrides)})
+    assert_refused_before_a_run_folder(ALGO, overrides, message, r"must|both learn", tmp_path, capsys)
 
 
 def test_a_first_order_run_needs_no_derivative_order_schedule():
