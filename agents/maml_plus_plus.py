@@ -29,10 +29,12 @@ them exactly); an update the trainer's NaN guard skips is not counted, and exten
 
 Not carried over: the paper's per-step batch normalisation (BNRS, per-step running statistics; BNWB, per-step
 weights and biases) does not apply, since the suite's policies are MLPs without batch normalisation (a policy-gradient
-batch is the episodes of one task, its statistics would be the task's). Only the PPO outer loop is implemented: a
-TRPO outer loop (``maml-trpo``'s natural-gradient step on θ, with the learned step sizes updated beside it) is not.
-ProMP's KL penalty (``ppo_kl_coeff``) still applies; Meta-SGD's per-entry step sizes (``meta_sgd``) are the
-alternative to LSLR, and the two are not combined.
+batch is the episodes of one task, its statistics would be the task's). ProMP's KL penalty (``ppo_kl_coeff``) still
+applies; Meta-SGD's per-entry step sizes (``meta_sgd``) are the alternative to LSLR, and the two are not combined.
+
+The first three changes are not tied to PPO: :class:`MAMLPlusPlusSwitches` and :class:`MAMLPlusPlusInnerLoop` hold
+them for both outer loops, and ``maml-plus-plus-trpo`` (:mod:`metarl.agents.maml_plus_plus_trpo`) puts them on
+MAML-TRPO's trust-region step, where the learned rates move inside the trust region with θ.
 
 References:
     Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019.
@@ -52,6 +54,7 @@ import torch
 from metarl.agents.inner_loop import (
     MetaBatch,
     Params,
+    PolicyGradientData,
     average_per_task,
     detach_distribution,
     detach_params,
@@ -67,13 +70,10 @@ from metarl.tasks import TaskFamily
 
 
 @dataclasses.dataclass
-class MAMLPlusPlusConfig(MAMLPPOConfig):
-    """MAML++'s fields: MAML-PPO's and a switch (and its schedule) for each of the paper's changes."""
+class MAMLPlusPlusSwitches:
+    """The switches MAML++ adds to either outer loop (``maml-plus-plus``: PPO; ``maml-plus-plus-trpo``: TRPO), mixed
+    into the outer loop's config."""
 
-    algo: str = "maml-plus-plus"
-    num_inner_steps: int = 2
-    """Policy-gradient adaptation steps during meta-training (2 by default: with one step the multi-step loss and
-    the per-step rates are MAML-PPO's plain loss and a per-layer rate)."""
     lslr: bool = True
     """LSLR: learn one inner step size per parameter tensor and per inner step (initialised at
     ``inner_step_sizes``); evaluation steps beyond ``num_inner_steps`` reuse the last step's rates."""
@@ -89,6 +89,33 @@ class MAMLPlusPlusConfig(MAMLPPOConfig):
     """Derivative-order annealing: meta-iterations of first-order meta-gradients before second order (the paper:
     its first 50 of 150 epochs); less than ``iterations`` (0: second order throughout; ``first_order=true``: first
     order throughout)."""
+
+    def validate_switches(self) -> None:
+        """The switches' own checks and their schedules against the run's length (``iterations``)."""
+        check_at_least(self, 0, "first_order_iterations")
+        check_at_least(self, 1, "msl_annealing_iterations")
+        check_unit_interval(self, "msl_floor")
+        iterations = self.iterations  # type: ignore[attr-defined]  # RunConfig's, beside which this is mixed in
+        if not self.first_order and self.first_order_iterations >= iterations:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"first_order_iterations {self.first_order_iterations} must be < iterations {iterations} "
+                "(the run would never reach second order); lower it, or set first_order=true for a first-order run"
+            )
+        if self.multi_step_loss and self.msl_annealing_iterations > iterations:
+            raise ValueError(
+                f"msl_annealing_iterations {self.msl_annealing_iterations} must be <= iterations {iterations} "
+                "(the multi-step loss's weights would never reach the last step); lower it"
+            )
+
+
+@dataclasses.dataclass
+class MAMLPlusPlusConfig(MAMLPPOConfig, MAMLPlusPlusSwitches):
+    """MAML++'s fields: MAML-PPO's, the switches (and their schedules) and the cosine learning rate."""
+
+    algo: str = "maml-plus-plus"
+    num_inner_steps: int = 2
+    """Policy-gradient adaptation steps during meta-training (2 by default: with one step the multi-step loss and
+    the per-step rates are MAML-PPO's plain loss and a per-layer rate)."""
     cosine_annealing: bool = True
     """Anneal Adam's learning rate from ``ppo_learning_rate`` to ``min_learning_rate`` on a cosine over the run."""
     min_learning_rate: float = 1e-5
@@ -96,20 +123,8 @@ class MAMLPlusPlusConfig(MAMLPPOConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_at_least(self, 0, "first_order_iterations")
-        check_at_least(self, 1, "msl_annealing_iterations")
-        check_unit_interval(self, "msl_floor")
+        self.validate_switches()
         check_positive_numbers(self, "min_learning_rate", zero_allowed=True)
-        if not self.first_order and self.first_order_iterations >= self.iterations:
-            raise ValueError(
-                f"first_order_iterations {self.first_order_iterations} must be < iterations {self.iterations} "
-                "(the run would never reach second order); lower it, or set first_order=true for a first-order run"
-            )
-        if self.multi_step_loss and self.msl_annealing_iterations > self.iterations:
-            raise ValueError(
-                f"msl_annealing_iterations {self.msl_annealing_iterations} must be <= iterations {self.iterations} "
-                "(the multi-step loss's weights would never reach the last step); lower it"
-            )
         if self.cosine_annealing and self.min_learning_rate > self.ppo_learning_rate:
             raise ValueError(
                 f"min_learning_rate {self.min_learning_rate} must be <= ppo_learning_rate {self.ppo_learning_rate}"
@@ -142,42 +157,24 @@ def cosine_learning_rate(iteration: int, iterations: int, maximum: float, minimu
     return minimum + (maximum - minimum) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
-class MAMLPlusPlus(MAMLPPO):
-    """MAML++ (LSLR, multi-step loss, derivative-order annealing, cosine learning rate) on MAML-PPO's outer loop.
+class MAMLPlusPlusInnerLoop:
+    """MAML++'s parts that do not depend on the outer loop, mixed in before it (``class X(MAMLPlusPlusInnerLoop,
+    OuterLoop)``): LSLR's inner update, the multi-step loss's weights and the derivative-order schedule, the old
+    policies after every inner step, and their state. The outer loop's ``__init__`` calls :meth:`add_plus_plus`."""
 
-    ``algo=maml-plus-plus``.
+    config: Any
+    policy: Any
+    device: torch.device
 
-    References:
-        Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019.
-    """
-
-    def __init__(
-        self, family: TaskFamily, config: MAMLPlusPlusConfig, device: torch.device, workers: Workers | None = None
-    ) -> None:
-        super().__init__(family, config, device, workers)
+    def add_plus_plus(self) -> None:
+        """LSLR's rates (with ``lslr``) and the count of meta-updates the schedules follow."""
         self.lslr: PerStepLayerStepSizes | None = None
-        if config.lslr:
-            initial = self.step_sizes(config.num_inner_steps)
-            self.lslr = PerStepLayerStepSizes(self.policy, initial).to(device)
-            # MAMLPPO's optimiser was made before the rates existed
-            self.optimizer = torch.optim.Adam(self.optimizer_parameters(), lr=config.ppo_learning_rate)
+        if self.config.lslr:
+            initial = self.step_sizes(self.config.num_inner_steps)  # type: ignore[attr-defined]
+            self.lslr = PerStepLayerStepSizes(self.policy, initial).to(self.device)
         self.meta_iterations_done = 0
 
-    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
-        """The policy's parameters and, with LSLR, its step sizes (Meta-SGD's with ``meta_sgd``)."""
-        parameters = super().optimizer_parameters()
-        if getattr(self, "lslr", None) is not None:
-            parameters += list(self.lslr.parameters())
-        return parameters
-
     # -- the schedules -------------------------------------------------------------------------------------------
-    def learning_rate(self, iteration: int) -> float:
-        """Adam's learning rate at meta-iteration ``iteration`` (0-based)."""
-        config = self.config
-        if not config.cosine_annealing:
-            return config.ppo_learning_rate
-        return cosine_learning_rate(iteration, config.iterations, config.ppo_learning_rate, config.min_learning_rate)
-
     def step_loss_weights(self, iteration: int) -> list[float]:
         """The weight of the surrogate after each inner step at meta-iteration ``iteration`` (0-based)."""
         config = self.config
@@ -193,22 +190,84 @@ class MAMLPlusPlus(MAMLPPO):
 
     # -- the inner loop --------------------------------------------------------------------------------------------
     def inner_update(self, params: Params, grads: Sequence[torch.Tensor], step_size: float, step: int = 0) -> Params:
-        """θ - α_{k,l} g with LSLR's learned rate of step ``step`` and tensor l; without LSLR MAML-PPO's update."""
+        """θ - α_{k,l} g with LSLR's learned rate of step ``step`` and tensor l; without LSLR the outer loop's."""
         if self.lslr is None:
-            return super().inner_update(params, grads, step_size, step=step)
+            return super().inner_update(params, grads, step_size, step=step)  # type: ignore[misc]
         return self.lslr.step(params, grads, step)
 
-    # -- the outer loop --------------------------------------------------------------------------------------------
     def old_distributions(self, theta: Params, batch: MetaBatch) -> list[Any]:
         """The distributions, cut from the graph, of the policies after each inner step (adapted from the current θ)
-        on the episodes collected with them: PPO's old policies."""
-        targets = [*batch.inner[1:], batch.post]
-        points = self.adaptation_path(theta, batch.inner, create_graph=False)[1:]
+        on the episodes collected with them: the outer loop's old policies."""
+        points = self.adaptation_path(theta, batch.inner, create_graph=False)[1:]  # type: ignore[attr-defined]
         return [
             detach_distribution(self.policy.distribution(data.observations, detach_params(point)))
-            for data, point in zip(targets, points, strict=True)
+            for data, point in zip(step_targets(batch), points, strict=True)
         ]
 
+    def schedule_metrics(self, weights: Sequence[float], second_order: bool) -> dict[str, float]:
+        """The derivative order, the multi-step loss's weights and LSLR's mean rate of each step, for the log."""
+        metrics = {
+            "schedule/second_order": float(second_order),
+            **{f"schedule/msl_weight_step_{k + 1}": weight for k, weight in enumerate(weights)},
+        }
+        if self.lslr is not None:
+            rates = torch.stack([value.detach() for value in self.lslr.values()])  # [tensors, K]
+            metrics.update(
+                {f"lslr/mean_step_size_step_{k + 1}": float(rates[:, k].mean()) for k in range(len(weights))}
+            )
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), "meta_iterations_done": self.meta_iterations_done}  # type: ignore[misc]
+        if self.lslr is not None:
+            state["lslr"] = self.lslr.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.lslr is not None:
+            self.lslr.load_state_dict(state["lslr"])
+        super().load_state_dict(state)  # type: ignore[misc]
+        self.meta_iterations_done = int(state["meta_iterations_done"])
+
+
+def step_targets(batch: MetaBatch) -> list[PolicyGradientData]:
+    """The episodes each inner step's adapted policies collected: ``inner[k]`` after step k < K, ``post`` after the
+    last; the multi-step loss's data."""
+    return [*batch.inner[1:], batch.post]
+
+
+class MAMLPlusPlus(MAMLPlusPlusInnerLoop, MAMLPPO):
+    """MAML++ (LSLR, multi-step loss, derivative-order annealing, cosine learning rate) on MAML-PPO's outer loop.
+
+    ``algo=maml-plus-plus``.
+
+    References:
+        Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019.
+    """
+
+    def __init__(
+        self, family: TaskFamily, config: MAMLPlusPlusConfig, device: torch.device, workers: Workers | None = None
+    ) -> None:
+        super().__init__(family, config, device, workers)
+        self.add_plus_plus()
+        if self.lslr is not None:  # MAMLPPO's optimiser was made before the rates existed
+            self.optimizer = torch.optim.Adam(self.optimizer_parameters(), lr=config.ppo_learning_rate)
+
+    def optimizer_parameters(self) -> list[torch.nn.Parameter]:
+        """The policy's parameters and, with LSLR, its step sizes (Meta-SGD's with ``meta_sgd``)."""
+        parameters = super().optimizer_parameters()
+        if getattr(self, "lslr", None) is not None:
+            parameters += list(self.lslr.parameters())
+        return parameters
+
+    def learning_rate(self, iteration: int) -> float:
+        """Adam's learning rate at meta-iteration ``iteration`` (0-based)."""
+        config = self.config
+        if not config.cosine_annealing:
+            return config.ppo_learning_rate
+        return cosine_learning_rate(iteration, config.iterations, config.ppo_learning_rate, config.min_learning_rate)
+
+    # -- the outer loop --------------------------------------------------------------------------------------------
     def multi_step_loss(
         self,
         theta: Params,
@@ -219,10 +278,9 @@ class MAMLPlusPlus(MAMLPPO):
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Σ_k w_k L_k: each inner step's clipped surrogate on the episodes its policies collected, weighted; also the
         last step's probability ratio and distribution, for the metrics. ``create_graph``: second order."""
-        targets = [*batch.inner[1:], batch.post]
         points = self.adaptation_path(theta, batch.inner, create_graph=create_graph)[1:]
         loss: torch.Tensor | float = 0.0
-        for weight, point, data, old in zip(weights, points, targets, old_log_probs, strict=True):
+        for weight, point, data, old in zip(weights, points, step_targets(batch), old_log_probs, strict=True):
             if weight == 0.0:  # without MSL only the last step's surrogate counts
                 continue
             step_loss, ratio, distribution = self.clipped_surrogate_loss(point, data, old, batch.shard.total)
@@ -245,8 +303,7 @@ class MAMLPlusPlus(MAMLPPO):
         total_tasks = batch.shard.total
         old_distributions = self.old_distributions(theta, batch)
         old_log_probs = [
-            old.log_prob(data.actions)
-            for old, data in zip(old_distributions, [*batch.inner[1:], batch.post], strict=True)
+            old.log_prob(data.actions) for old, data in zip(old_distributions, step_targets(batch), strict=True)
         ]
         pre = batch.inner[0]
         old_pre_distribution = detach_distribution(self.policy.distribution(pre.observations, detach_params(theta)))
@@ -275,28 +332,10 @@ class MAMLPlusPlus(MAMLPPO):
             "losses/kl": total_kl,
             "losses/clip_fraction": total_clip_fraction,
             "schedule/learning_rate": learning_rate,
-            "schedule/second_order": float(second_order),
-            **{f"schedule/msl_weight_step_{k + 1}": weight for k, weight in enumerate(weights)},
+            **self.schedule_metrics(weights, second_order),
             "time/outer_update_s": time.perf_counter() - start,
         }
-        if self.lslr is not None:
-            rates = torch.stack([value.detach() for value in self.lslr.values()])  # [tensors, K]
-            metrics.update(
-                {f"lslr/mean_step_size_step_{k + 1}": float(rates[:, k].mean()) for k in range(len(weights))}
-            )
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), "meta_iterations_done": self.meta_iterations_done}
-        if self.lslr is not None:
-            state["lslr"] = self.lslr.state_dict()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if self.lslr is not None:
-            self.lslr.load_state_dict(state["lslr"])
-        super().load_state_dict(state)
-        self.meta_iterations_done = int(state["meta_iterations_done"])
 
 
 register_agent("maml-plus-plus", MAMLPlusPlus, MAMLPlusPlusConfig)
