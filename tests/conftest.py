@@ -128,9 +128,10 @@ TINY_RL2_CONFIG = {
 
 TINY_ALGO_VALUES = {
     "maml-plus-plus": {"first_order_iterations": 2, "msl_annealing_iterations": 2},
+    "maml-plus-plus-trpo": {"first_order_iterations": 2, "msl_annealing_iterations": 2},
 }
-"""Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules must fit in its 4
-iterations."""
+"""Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules (on either outer
+loop) must fit in its 4 iterations."""
 
 
 def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
@@ -169,6 +170,60 @@ def metrics_without_timings(run_dir: Path) -> list[dict[str, Any]]:
     """A run folder's ``metrics.jsonl`` records without the wall-clock ``time/...`` keys."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{key: value for key, value in record.items() if not key.startswith("time/")} for record in records]
+
+
+def tiny_agent_and_tasks(agent_class: type, values: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """An agent of the config ``values`` (its policy initialised from torch seed 0, on the CPU) and
+    ``meta_batch_size`` tasks of its family drawn with numpy seed 0: the unit tests' tiny problem."""
+    from metarl.presets import config_from_dict
+    from metarl.registry import make_family
+
+    config = config_from_dict(values)
+    family = make_family(config.family, **config.family_kwargs)
+    torch.manual_seed(0)
+    agent = agent_class(family, config, torch.device("cpu"))
+    return agent, family.sample_tasks(np.random.default_rng(0), config.meta_batch_size)
+
+
+def sampled_meta_batch(agent: Any, tasks: list[Any]) -> Any:
+    """One training meta-batch of a gradient-based agent (numpy seed 1): its episodes before and after every step."""
+    return agent.sample(tasks, np.random.default_rng(1), agent.config.num_inner_steps, evaluation=False)
+
+
+def as_float64(data: Any) -> Any:
+    """A ``PolicyGradientData`` with its floating tensors in float64."""
+    return type(data)(*(t.double() if t.is_floating_point() else t for t in data))
+
+
+SHORT_NAVIGATION_TRAINING = {
+    "seed": 0,
+    "iterations": 12,
+    "meta_batch_size": 10,
+    "episodes_per_task": 10,
+    "num_inner_steps": 2,
+    "eval_steps": 2,
+    "eval_interval": 12,
+    "eval_tasks": 10,
+    "test_tasks": 20,
+    "checkpoint_interval": 12,
+    "progress": False,
+}
+"""The learning tests' short meta-training of a two-step gradient-based learner on MetaRL/Navigation2D-v0 (about
+20 s): 12 iterations of 10 tasks × 10 episodes, tested on 20 held-out tasks."""
+
+
+def untrained_test_returns(agent_class: type, config: Any) -> list[float]:
+    """The mean held-out return after 0..K steps of ``config``'s agent before any training (the run's
+    initialisation: torch seed ``config.seed``), on the run's test tasks with the evaluation's seed: the baseline a
+    learning test's trained run must beat."""
+    from metarl.registry import make_family
+
+    family = make_family(config.family, **config.family_kwargs)
+    test_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks).test[: config.test_tasks]
+    torch.manual_seed(config.seed)
+    agent = agent_class(family, config, torch.device("cpu"))
+    curve = agent.adaptation_curve(test_tasks, np.random.default_rng([config.seed, 2**20]), agent.default_num_points())
+    return curve.means_over_tasks()[0]
 
 
 def interrupted_and_resumed(agent_class: type, values: dict[str, Any], tmp_path: Path, monkeypatch: Any) -> tuple:

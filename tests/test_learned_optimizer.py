@@ -11,17 +11,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    SHORT_NAVIGATION_TRAINING,
+    as_float64,
     assert_refused_before_a_run_folder,
     assert_resumed_equals_reference,
     interrupted_and_resumed,
+    sampled_meta_batch,
+    tiny_agent_and_tasks,
     tiny_values,
+    untrained_test_returns,
 )
-from metarl.agents.inner_loop import PolicyGradientData, detach_params
+from metarl.agents.inner_loop import detach_params
 from metarl.agents.learned_optimizer import LearnedOptimizerMAML, preprocess_gradients
 from metarl.agents.policies import batch_params
 
 from metarl.presets import config_from_dict
-from metarl.registry import make_family
 from metarl.trainer import train
 
 ALGO = "maml-lstm-optimizer"
@@ -39,20 +43,7 @@ SMALL = {
 
 def build(**overrides):
     """An agent of a tiny Navigation2D config (torch seed 0) and the three tasks."""
-    config = config_from_dict({**SMALL, **overrides})
-    family = make_family(config.family, **config.family_kwargs)
-    torch.manual_seed(0)
-    agent = LearnedOptimizerMAML(family, config, torch.device("cpu"))
-    tasks = family.sample_tasks(np.random.default_rng(0), config.meta_batch_size)
-    return agent, tasks
-
-
-def sampled(agent, tasks):
-    return agent.sample(tasks, np.random.default_rng(1), agent.config.num_inner_steps, evaluation=False)
-
-
-def as_float64(data: PolicyGradientData) -> PolicyGradientData:
-    return PolicyGradientData(*(t.double() if t.is_floating_point() else t for t in data))
+    return tiny_agent_and_tasks(LearnedOptimizerMAML, {**SMALL, **overrides})
 
 
 # -- the preprocessing ---------------------------------------------------------------------------------------------
@@ -128,7 +119,7 @@ def test_the_batched_update_equals_a_per_task_per_coordinate_loop():
 
 def test_batched_adapt_equals_the_per_task_reference_and_so_do_their_meta_gradients():
     agent, tasks = build()
-    batch = sampled(agent, tasks)
+    batch = sampled_meta_batch(agent, tasks)
     theta = dict(agent.policy.named_parameters())
     batched = agent.adapt(theta, batch.inner, create_graph=True)
     looped = agent.adapt_per_task(theta, batch.inner, create_graph=True)
@@ -161,7 +152,7 @@ def test_meta_gradient_matches_central_finite_differences():
     """The clipped post-adaptation surrogate's gradient with respect to every LSTM weight and every entry of θ₀,
     through two second-order inner steps of the LSTM, against central differences in float64."""
     agent, tasks = build(lstm_output_scale=0.3)
-    batch = sampled(agent, tasks)
+    batch = sampled_meta_batch(agent, tasks)
     agent.policy.double()
     agent.lstm.double()
     inner, post = [as_float64(d) for d in batch.inner], as_float64(batch.post)
@@ -192,7 +183,7 @@ def test_meta_gradient_matches_central_finite_differences():
 def test_first_order_drops_the_terms_through_the_gradient_inputs_but_still_trains_the_lstm():
     def moved(first_order: bool) -> dict[str, torch.Tensor]:
         agent, tasks = build(first_order=first_order, ppo_epochs=1)
-        batch = sampled(agent, tasks)
+        batch = sampled_meta_batch(agent, tasks)
         before = {name: value.detach().clone() for name, value in agent.lstm.named_parameters()}
         agent.meta_update(batch)
         return {name: value.detach() - before[name] for name, value in agent.lstm.named_parameters()}
@@ -252,30 +243,14 @@ def test_adaptation_improves_held_out_navigation_tasks_after_meta_training(tmp_p
     """The learned optimiser on MetaRL/Navigation2D-v0 (goals in [-0.5, 0.5]², horizon 100): after a short
     meta-training the return on held-out test tasks after two LSTM steps beats the untrained agent's by a margin."""
     values = {
+        **SHORT_NAVIGATION_TRAINING,
         "algo": ALGO,
-        "seed": 0,
-        "iterations": 12,
-        "meta_batch_size": 10,
-        "episodes_per_task": 10,
-        "num_inner_steps": 2,
         "ppo_epochs": 3,
         "ppo_learning_rate": 0.01,
-        "eval_steps": 2,
-        "eval_interval": 12,
-        "eval_tasks": 10,
-        "test_tasks": 20,
-        "checkpoint_interval": 12,
-        "progress": False,
     }
     config = config_from_dict(values)
     trained = train(config, run_dir=tmp_path / "trained").test_returns
-    # the untrained agent (the run's initialisation: torch seed 0) on the same test tasks with the same seed
-    family = make_family(config.family)
-    test_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks).test[: config.test_tasks]
-    torch.manual_seed(config.seed)
-    agent = LearnedOptimizerMAML(family, config, torch.device("cpu"))
-    curve = agent.adaptation_curve(test_tasks, np.random.default_rng([config.seed, 2**20]), agent.default_num_points())
-    untrained = curve.means_over_tasks()[0]
+    untrained = untrained_test_returns(LearnedOptimizerMAML, config)
     # seed 0: untrained -173.1 -> -178.9 -> -253.8 (the untrained LSTM's steps are noise); trained -44.9 -> -32.3 ->
     # -24.7 (seeds 1-3 after training: -41.5 -> -17.5, -277.6 -> -52.3, -42.3 -> -21.0); about half of seed 0's
     # margins as slack

@@ -7,21 +7,23 @@ import itertools
 import math
 
 import metarl.envs  # noqa: F401 - registers the families
-import numpy as np
 import pytest
 import torch
 from conftest import (
+    SHORT_NAVIGATION_TRAINING,
+    as_float64,
     assert_refused_before_a_run_folder,
     assert_resumed_equals_reference,
     interrupted_and_resumed,
+    sampled_meta_batch,
+    tiny_agent_and_tasks,
     tiny_values,
+    untrained_test_returns,
 )
-from metarl.agents.inner_loop import PolicyGradientData
 from metarl.agents.maml_plus_plus import MAMLPlusPlus, cosine_learning_rate, multi_step_loss_weights
 from metarl.agents.maml_ppo import MAMLPPO
 
 from metarl.presets import config_from_dict
-from metarl.registry import make_family
 from metarl.trainer import train
 
 ALGO = "maml-plus-plus"
@@ -38,24 +40,11 @@ SCHEDULES = {"first_order_iterations": 2, "msl_annealing_iterations": 2}
 
 def build(agent_class, **overrides):
     """An agent of a tiny Navigation2D config (the policy initialised from torch seed 0) and the three tasks."""
-    config = config_from_dict({**SMALL, **(SCHEDULES if overrides["algo"] == ALGO else {}), **overrides})
-    family = make_family(config.family, **config.family_kwargs)
-    torch.manual_seed(0)
-    agent = agent_class(family, config, torch.device("cpu"))
-    tasks = family.sample_tasks(np.random.default_rng(0), config.meta_batch_size)
-    return agent, tasks
-
-
-def sampled(agent, tasks):
-    return agent.sample(tasks, np.random.default_rng(1), agent.config.num_inner_steps, evaluation=False)
+    return tiny_agent_and_tasks(agent_class, {**SMALL, **(SCHEDULES if overrides["algo"] == ALGO else {}), **overrides})
 
 
 def parameters(agent) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in agent.policy.named_parameters()}
-
-
-def as_float64(data: PolicyGradientData) -> PolicyGradientData:
-    return PolicyGradientData(*(t.double() if t.is_floating_point() else t for t in data))
 
 
 # -- LSLR ----------------------------------------------------------------------------------------------------------
@@ -63,7 +52,7 @@ def test_lslr_step_size_gradient_matches_central_finite_differences():
     """The multi-step loss's gradient with respect to every per-layer, per-step rate, through two second-order inner
     steps, against central differences in float64."""
     agent, tasks = build(MAMLPlusPlus, algo=ALGO, num_inner_steps=2, hidden_sizes=[4], inner_step_sizes=[0.3, 0.2])
-    batch = sampled(agent, tasks)
+    batch = sampled_meta_batch(agent, tasks)
     agent.policy.double()
     agent.lslr.double()
     batch = batch._replace(inner=[as_float64(d) for d in batch.inner], post=as_float64(batch.post))
@@ -100,7 +89,7 @@ def test_lslr_rates_are_learned_per_step_and_extra_evaluation_steps_reuse_the_la
     agent, tasks = build(MAMLPlusPlus, algo=ALGO, num_inner_steps=2, inner_step_sizes=[0.2, 0.1], ppo_epochs=2)
     initial = {name: value.detach().clone() for name, value in agent.lslr.items()}
     assert all(torch.equal(value, torch.tensor([0.2, 0.1])) for value in initial.values())
-    metrics = agent.meta_update(sampled(agent, tasks))
+    metrics = agent.meta_update(sampled_meta_batch(agent, tasks))
     for name, value in agent.lslr.items():
         assert not torch.equal(value.detach()[0], initial[name][0]) and not torch.equal(
             value.detach()[1], initial[name][1]
@@ -137,7 +126,7 @@ def test_multi_step_loss_weights_start_uniform_and_anneal_to_the_last_step():
 
 def test_the_agent_uses_the_schedules_weights_or_only_the_last_step_without_msl():
     agent, tasks = build(MAMLPlusPlus, algo=ALGO, num_inner_steps=2, msl_floor=0.0, ppo_epochs=1)
-    batch = sampled(agent, tasks)
+    batch = sampled_meta_batch(agent, tasks)
     assert agent.meta_update(batch)["schedule/msl_weight_step_1"] == pytest.approx(0.5)
     assert agent.meta_update(batch)["schedule/msl_weight_step_1"] == pytest.approx(0.25)
     assert agent.meta_update(batch)["schedule/msl_weight_step_2"] == pytest.approx(1.0)
@@ -162,7 +151,7 @@ def test_first_order_iterations_update_as_fo_maml_then_as_second_order_maml(lslr
     changes = {}
     for second_order in (False, True):
         agent, tasks = build(MAMLPlusPlus, **common, **own)
-        batch = sampled(agent, tasks)
+        batch = sampled_meta_batch(agent, tasks)
         agent.meta_iterations_done = 2 if second_order else 1
         assert agent.second_order(agent.meta_iterations_done) == second_order
         reference, _ = build(MAMLPPO, **common, algo="maml-ppo", first_order=not second_order)
@@ -181,7 +170,7 @@ def test_cosine_learning_rate_goes_from_the_maximum_to_the_minimum():
     assert cosine_learning_rate(100, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
     assert cosine_learning_rate(150, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
     agent, tasks = build(MAMLPlusPlus, algo=ALGO, ppo_epochs=1, ppo_learning_rate=2e-3, min_learning_rate=1e-4)
-    batch = sampled(agent, tasks)
+    batch = sampled_meta_batch(agent, tasks)
     rates = [agent.meta_update(batch)["schedule/learning_rate"] for _ in range(3)]
     assert rates == pytest.approx([2e-3, 1e-4 + 1.9e-3 * (1 + math.sqrt(0.5)) / 2, 1.05e-3])
     assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(1.05e-3)
@@ -229,33 +218,17 @@ def test_adaptation_improves_held_out_navigation_tasks_after_meta_training(tmp_p
     """MAML++ on MetaRL/Navigation2D-v0 (goals in [-0.5, 0.5]², horizon 100): after a short meta-training the return
     on held-out test tasks after two adapted steps beats the untrained policy's by a clear margin."""
     values = {
+        **SHORT_NAVIGATION_TRAINING,
         "algo": ALGO,
-        "seed": 0,
-        "iterations": 12,
-        "meta_batch_size": 10,
-        "episodes_per_task": 10,
-        "num_inner_steps": 2,
         "ppo_epochs": 3,
         "ppo_learning_rate": 0.01,
         "min_learning_rate": 0.001,
         "first_order_iterations": 4,
         "msl_annealing_iterations": 6,
-        "eval_steps": 2,
-        "eval_interval": 12,
-        "eval_tasks": 10,
-        "test_tasks": 20,
-        "checkpoint_interval": 12,
-        "progress": False,
     }
     config = config_from_dict(values)
     trained = train(config, run_dir=tmp_path / "trained").test_returns
-    # the untrained policy (the run's initialisation: torch seed 0) on the same test tasks with the same seed
-    family = make_family(config.family)
-    test_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks).test[: config.test_tasks]
-    torch.manual_seed(config.seed)
-    agent = MAMLPlusPlus(family, config, torch.device("cpu"))
-    curve = agent.adaptation_curve(test_tasks, np.random.default_rng([config.seed, 2**20]), agent.default_num_points())
-    untrained = curve.means_over_tasks()[0]
+    untrained = untrained_test_returns(MAMLPlusPlus, config)
     # seed 0: untrained -166.1 -> -133.7 after two steps; trained -43.3 -> -26.4 -> -18.3 (seeds 1-4 after training:
     # -40.8 -> -16.8, -48.6 -> -37.9, -42.6 -> -23.9, -46.0 -> -22.2); half of seed 0's margins as slack
     assert trained[-1] > untrained[-1] + 50.0, (untrained, trained)
