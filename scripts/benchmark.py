@@ -5,6 +5,8 @@ Each mode is a module of ``scripts/benchmarks/`` whose docstring says what it me
 * (default) :mod:`benchmarks.env_steps`: env steps per second of the light families' native batched envs against
   Gymnasium's ``SyncVectorEnv``;
 * ``--maml``: :mod:`benchmarks.maml`, MAML-TRPO meta-iterations by phase, batched against a per-task loop;
+* ``--learners``: :mod:`benchmarks.learners`, seconds per meta-iteration of MAML++, the learned optimiser and
+  MAML++-TRPO against MAML-PPO and MAML-TRPO, all with two inner steps;
 * ``--rl2``: :mod:`benchmarks.rl2`, RL² trial rollouts and PPO updates;
 * ``--distributed``: :mod:`benchmarks.distributed`, seconds per meta-iteration of ``metarl train`` on 1 and 2
   processes;
@@ -16,7 +18,8 @@ Usage (from the repository root)::
     python scripts/benchmark.py                     # all light families at 1, 64 and 1024 sub-envs
     python scripts/benchmark.py --quick --out /tmp/bench.json    # a smoke test of a few seconds
     python scripts/benchmark.py --families MetaRL/Bandit-v0 --num-envs 4096 --device cuda
-    python scripts/benchmark.py --maml              # or --rl2, --distributed, --mujoco, --metaworld
+    python scripts/benchmark.py --maml              # or --learners, --rl2, --distributed, --mujoco, --metaworld
+    python scripts/benchmark.py --learners --quick --out /tmp/learners.json    # a smoke test of the learners
 
 The results go to ``--out`` as JSON (written atomically; each mode has its own default under ``benchmarks/``) and a
 table to stdout.
@@ -34,10 +37,11 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package: its benchmarks/ is imported
 
-from benchmarks import distributed, env_steps, maml, metaworld, mujoco, rl2
+from benchmarks import distributed, env_steps, learners, maml, metaworld, mujoco, rl2
 from benchmarks.common import DEFAULT_BUDGET, DEFAULT_REPEATS, LIGHT_FAMILIES
 from benchmarks.distributed import DEFAULT_DISTRIBUTED_OUT, DISTRIBUTED_RUNS
 from benchmarks.env_steps import DEFAULT_OUT
+from benchmarks.learners import DEFAULT_LEARNERS_ITERATIONS, DEFAULT_LEARNERS_OUT
 from benchmarks.maml import DEFAULT_MAML_OUT
 from benchmarks.metaworld import DEFAULT_METAWORLD_OUT, METAWORLD_NUM_ENVS
 from benchmarks.mujoco import DEFAULT_MUJOCO_OUT, MUJOCO_FAMILIES, MUJOCO_NUM_ENVS
@@ -82,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         f"phases, batched vs a per-task loop (default --out {DEFAULT_MAML_OUT})",
     )
     parser.add_argument("--maml-iterations", type=int, default=3, help="timed meta-iterations per implementation")
+    parser.add_argument(
+        "--learners",
+        action="store_true",
+        help="instead of env steps, seconds per meta-iteration of MAML-PPO, MAML++ (first and second order), the "
+        "LSTM learned optimiser, MAML-TRPO and MAML++-TRPO (first and second order), all with two inner steps, on "
+        f"the Navigation2D paper presets, with the ratios to MAML-PPO and MAML-TRPO (default --out "
+        f"{DEFAULT_LEARNERS_OUT})",
+    )
+    parser.add_argument(
+        "--learners-iterations",
+        type=int,
+        default=None,
+        help=f"with --learners: timed rounds after one warm-up iteration (default: {DEFAULT_LEARNERS_ITERATIONS}; "
+        "1 with --quick)",
+    )
     parser.add_argument(
         "--rl2",
         action="store_true",
@@ -151,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.maml_iterations < 1:
             parser.error(f"--maml-iterations must be a positive integer, got {args.maml_iterations}")
         return maml.run(args, argv)
+    if args.learners:
+        if args.learners_iterations is not None and args.learners_iterations < 1:
+            parser.error(f"--learners-iterations must be a positive integer, got {args.learners_iterations}")
+        return learners.run(args, argv)
     if args.rl2:
         return rl2.run(args, argv)
     if args.mujoco:

@@ -43,6 +43,32 @@ def test_quick_maml_benchmark_times_every_phase_of_every_implementation(tmp_path
     assert data["speedup_total"] > 0 and data["speedup_fast_over_exact"] > 0
 
 
+def test_quick_learners_benchmark_times_every_learner_against_its_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "learners.json"
+    returned = load_script("benchmark").main(["--learners", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(returned))
+    learners = {
+        "maml-ppo-k2": "maml-ppo-k2",
+        "maml-plus-plus-second-order": "maml-ppo-k2",
+        "maml-plus-plus-first-order": "maml-ppo-k2",
+        "maml-lstm-optimizer": "maml-ppo-k2",
+        "maml-trpo-k2": "maml-trpo-k2",
+        "maml-plus-plus-trpo-second-order": "maml-trpo-k2",
+        "maml-plus-plus-trpo-first-order": "maml-trpo-k2",
+    }
+    assert set(data["results"]) == set(learners)
+    for result in data["results"].values():
+        assert len(result["iterations"]) == 1  # --quick: one timed round after the warm-up
+        median = result["median"]
+        assert median["iteration_s"] > 0 and median["sample_s"] > 0
+        assert median["iteration_s"] >= median["sample_s"]
+    assert set(data["ratios"]) == {name for name, baseline in learners.items() if name != baseline}
+    for name, ratio in data["ratios"].items():
+        assert ratio["baseline"] == learners[name]
+        assert ratio["ratio"] > 0 and ratio["within_target"] == (ratio["ratio"] <= data["settings"]["speed_target"])
+
+
 def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Path) -> None:
     out = tmp_path / "rl2.json"
     # as a script, the way users run it: everything main() dispatches to must be defined by then

@@ -3,6 +3,8 @@
 * :mod:`benchmarks.env_steps`: env steps/s of the light families, native batched envs vs ``SyncVectorEnv``
   (the default);
 * :mod:`benchmarks.maml`: MAML-TRPO meta-iterations by phase, batched vs the per-task reference (``--maml``);
+* :mod:`benchmarks.learners`: seconds per meta-iteration of the two-step learners (MAML-PPO, MAML++, the learned
+  optimizer; MAML-TRPO, MAML++ on TRPO) against their outer loop's plain MAML (``--learners``);
 * :mod:`benchmarks.rl2`: RL² rollout and PPO update throughput (``--rl2``);
 * :mod:`benchmarks.distributed`: seconds per meta-iteration of ``metarl train`` on 1 and 2 processes
   (``--distributed``);
