@@ -120,8 +120,10 @@ class MAMLPlusPlusTRPO(MAMLPlusPlusInnerLoop, MAMLTRPO):
         Schulman et al. "Trust Region Policy Optimization", ICML 2015.
     """
 
-    update_floats_per_step: ClassVar[float] = 5.0
-    """Memory estimate: as MAML-TRPO's, whose curvature products these are (with every step's Fisher pass kept)."""
+    update_floats_per_step: ClassVar[float] = 6.0
+    """Memory estimate: MAML-TRPO's curvature products, with every inner step's Fisher pass kept (peak resident
+    growth of a second-order training step from 10 to 80 episodes per task on the Navigation2D preset: 663 MiB
+    measured, 643 MiB estimated)."""
 
     def __init__(
         self, family: TaskFamily, config: MAMLPlusPlusTRPOConfig, device: torch.device, workers: Workers | None = None

@@ -43,6 +43,8 @@ CASES: dict[str, str] = {
     "meta-sgd": f"--algo maml-ppo {MAML_SMALL} ppo_epochs=2 meta_sgd=true",
     "maml-plus-plus": f"--algo maml-plus-plus {MAML_SMALL} ppo_epochs=2 first_order_iterations=1 "
     "msl_annealing_iterations=2",
+    "maml-plus-plus-trpo": f"--algo maml-plus-plus-trpo {MAML_SMALL} first_order_iterations=1 "
+    "msl_annealing_iterations=2",
     "maml-lstm-optimizer": f"--algo maml-lstm-optimizer {MAML_SMALL} ppo_epochs=2 num_inner_steps=2 eval_steps=3",
     "reptile": f"--algo reptile {MAML_SMALL}",
     "pretrain-trpo": f"--algo pretrain-trpo {MAML_SMALL}",
