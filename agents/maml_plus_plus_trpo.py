@@ -26,7 +26,10 @@ product includes the rates' block (against autograd through the adaptation).
 
 **Derivative-order annealing**: the first ``first_order_iterations`` meta-iterations hold every inner gradient
 constant (FO-MAML), in the gradient and in the curvature alike; the rates still get a gradient, through
-θ'_k = θ'_{k-1} - α_k g_k with g_k constant.
+θ'_k = θ'_{k-1} - α_k g_k with g_k constant. It is off by default here (``first_order_iterations=0``): the line
+search checks each candidate on the true multi-step surrogate, and on the Navigation2D preset the first-order
+direction made it worse even at the smallest step from about the 25th iteration on, so 70-92 % of the first-order
+iterations between 26 and 150 took no step at all (every second-order one did).
 
 **Not carried over**: the cosine annealing of the outer learning rate. TRPO has no learning rate: the trust region
 ``max_kl`` sets each step's size from the policies' own change, which is what the paper's annealed Adam rate was
@@ -85,6 +88,11 @@ class MAMLPlusPlusTRPOConfig(MAMLTRPOConfig, MAMLPlusPlusSwitches):
     num_inner_steps: int = 2
     """Policy-gradient adaptation steps during meta-training (2 by default, so that the multi-step loss and the
     per-step rates have steps to act on)."""
+    first_order_iterations: int = 0
+    """Derivative-order annealing: meta-iterations of first-order meta-gradients before second order. 0 here (second
+    order throughout), unlike the paper's PPO/Adam choice: TRPO's line search checks the true surrogate, and past the
+    first ~25 iterations the first-order direction stops being a descent direction of it (measured on the
+    Navigation2D preset: docs/results/what-is-learned.md)."""
 
     def validate(self) -> None:
         super().validate()
