@@ -190,7 +190,8 @@ def env_steps_per_iteration(agent: Any, config: RunConfig, horizon: int) -> tupl
     the number is worked out from the config's common fields, counting whole episodes of ``horizon`` steps (an
     upper bound where episodes can end early): trials (``trial_episodes``: RL², classical) or
     ``episodes_per_task`` per rollout, one rollout before adaptation and one after each of ``num_inner_steps``
-    inner steps (MAML and its kin).
+    inner steps (MAML and its kin), or as many as the agent's ``training_samplings(config)`` says (the pretrained
+    baseline samples once).
     """
     hook = getattr(agent, "env_steps_per_iteration", None)
     if callable(hook):
@@ -207,9 +208,14 @@ def env_steps_per_iteration(agent: Any, config: RunConfig, horizon: int) -> tupl
         return None
     inner_steps = getattr(config, "num_inner_steps", 0)
     rollouts = inner_steps + 1 if isinstance(inner_steps, int) else 1
+    samplings = getattr(agent, "training_samplings", None)  # an agent that samples otherwise says how often
+    if callable(samplings):
+        rollouts = int(samplings(config))
     how = f"{tasks} tasks x {episodes} episodes x {_count(horizon, 'step')}"
-    if rollouts > 1:
+    if rollouts > 1 and rollouts == inner_steps + 1:
         how += f" x {rollouts}: before and after {inner_steps} inner step{'s' * (inner_steps > 1)}"
+    elif rollouts > 1:
+        how += f" x {rollouts} samplings"
     return tasks * episodes * horizon * rollouts, how
 
 

@@ -115,6 +115,8 @@ def test_env_steps_per_iteration_from_the_agent_or_the_config():
     trials = SimpleNamespace(meta_batch_size=8, trial_episodes=4)
     assert console.env_steps_per_iteration(None, trials, 10) == (320, "8 trials x 4 episodes x 10 steps")
     assert console.env_steps_per_iteration(None, SimpleNamespace(meta_batch_size=3), 10) is None
+    once = SimpleNamespace(training_samplings=lambda config: 1)  # the pretrained baseline: no inner steps sampled
+    assert console.env_steps_per_iteration(once, maml, 100) == (20 * 20 * 100, "20 tasks x 20 episodes x 100 steps")
     counting = SimpleNamespace(env_steps_per_iteration=lambda: 1234)
     assert console.env_steps_per_iteration(counting, maml, 100) == (1234, "as the agent counts them")
 
