@@ -11,7 +11,8 @@ is slower per meta-iteration than 1.5x MAML-PPO with the same K" reads off the r
   derivative-order annealing (the preset's first 150 iterations are first order);
 * ``maml-lstm-optimizer``: the coordinate-wise LSTM as the inner step (second order);
 * ``maml-trpo-k2``: ``navigation2d-maml-trpo`` with two inner steps; the TRPO baseline;
-* ``maml-plus-plus-trpo-second-order``, ``maml-plus-plus-trpo-first-order``: MAML++ with the TRPO outer loop.
+* ``maml-plus-plus-trpo-second-order``, ``maml-plus-plus-trpo-first-order``: MAML++ with the TRPO outer loop (its
+  preset is second order throughout; the first-order learner sets ``first_order_iterations=150``).
 
 Every agent starts from the same seed and trains on the same meta-batch of tasks; each ``train_step`` gets a fresh
 ``np.random.default_rng(seed)``, so that the learners of a round sample from the same seeds. After one untimed
@@ -75,10 +76,11 @@ LEARNERS: dict[str, Learner] = {
     "maml-plus-plus-first-order": Learner("navigation2d-maml-plus-plus", (), PPO_BASELINE, first_order=True),
     "maml-lstm-optimizer": Learner("navigation2d-maml-lstm-optimizer", (), PPO_BASELINE),
     TRPO_BASELINE: Learner("navigation2d-maml-trpo", ("num_inner_steps=2", "inner_step_sizes=[0.1]"), None),
-    "maml-plus-plus-trpo-second-order": Learner(
-        "navigation2d-maml-plus-plus-trpo", ("first_order_iterations=0",), TRPO_BASELINE
+    "maml-plus-plus-trpo-second-order": Learner("navigation2d-maml-plus-plus-trpo", (), TRPO_BASELINE),
+    # the TRPO preset is second order throughout; its first-order phase is the switch's, as MAML++ (PPO) anneals it
+    "maml-plus-plus-trpo-first-order": Learner(
+        "navigation2d-maml-plus-plus-trpo", ("first_order_iterations=150",), TRPO_BASELINE, first_order=True
     ),
-    "maml-plus-plus-trpo-first-order": Learner("navigation2d-maml-plus-plus-trpo", (), TRPO_BASELINE, first_order=True),
 }
 """The learners ``--learners`` times, by name."""
 QUICK_OVERRIDES = ("meta_batch_size=4", "episodes_per_task=4")
