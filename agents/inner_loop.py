@@ -327,13 +327,13 @@ class InnerLoopAgent:
 
     def _adaptation_step(
         self, current: Params, data: PolicyGradientData, step_size: float, step: int = 0
-    ) -> tuple[Params, HessianProduct]:
-        """One inner step of every task from ``current`` (leading task dim), cut from the graph, and the product
-        with the inner loss's Hessian at ``current``, which reuses the passes of the step's gradient."""
+    ) -> tuple[Params, HessianProduct, Params]:
+        """One inner step of every task from ``current`` (leading task dim), cut from the graph; the product with
+        the inner loss's Hessian at ``current``, which reuses the passes of the step's gradient; and that gradient."""
         gradient, hessian_product = self._inner_derivatives(detach_params(current), data)
         with torch.no_grad():
             update = self.inner_update(detach_params(current), list(gradient.values()), step_size, step=step)
-            return update, hessian_product
+            return update, hessian_product, gradient
 
     def adaptation_points(self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int) -> list[Params]:
         """Every task's parameters before each inner step and after the last (``len(inner) + 1`` dicts with a
@@ -342,16 +342,18 @@ class InnerLoopAgent:
 
     def _adapt_detached(
         self, params: Params, inner: Sequence[PolicyGradientData], num_tasks: int
-    ) -> tuple[list[Params], list[tuple[float, HessianProduct]]]:
-        """:meth:`adaptation_points` and each step's size and inner-loss Hessian product at the point it left."""
+    ) -> tuple[list[Params], list[tuple[float, HessianProduct]], list[Params]]:
+        """:meth:`adaptation_points`, each step's size and inner-loss Hessian product at the point it left, and each
+        step's inner gradient there."""
         points = [detach_params(batch_params(params, num_tasks))]
-        hessians = []
+        hessians, gradients = [], []
         self.begin_adaptation(num_tasks)
         for step, (step_size, data) in enumerate(zip(self.step_sizes(len(inner)), inner, strict=True)):
-            point, hessian_product = self._adaptation_step(points[-1], data, step_size, step=step)
+            point, hessian_product, gradient = self._adaptation_step(points[-1], data, step_size, step=step)
             points.append(point)
             hessians.append((step_size, hessian_product))
-        return points, hessians
+            gradients.append(gradient)
+        return points, hessians, gradients
 
     def adapt_per_task(self, params: Params, inner: Sequence[PolicyGradientData], create_graph: bool) -> Params:
         """The reference implementation of :meth:`adapt`: a Python loop over tasks, one at a time."""

@@ -69,7 +69,6 @@ from metarl.agents.inner_loop import (
 from metarl.agents.maml_plus_plus import MAMLPlusPlusInnerLoop, MAMLPlusPlusSwitches, step_targets
 from metarl.agents.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 from metarl.agents.meta_sgd import step_size_key
-from metarl.agents.policies import batch_params
 
 from metarl.distributed import Workers
 from metarl.optim import flatten_tensors, unflatten_like
@@ -261,17 +260,9 @@ class MAMLPlusPlusTRPO(MAMLPlusPlusInnerLoop, MAMLTRPO):
         """This process's tasks adapted from the current (θ, α), cut from the graph, with what the adaptation's
         Jacobian needs: each step's inner gradient and inner-loss Hessian product (none in first order)."""
         theta = detach_params(dict(self.policy.named_parameters()))
-        num_tasks = batch.shard.size
-        points = [batch_params(theta, num_tasks)]
-        inner_gradients, hessians, rates = [], [], []
-        self.begin_adaptation(num_tasks)
-        for step, (step_size, data) in enumerate(zip(self.step_sizes(len(batch.inner)), batch.inner, strict=True)):
-            gradient, hessian_product = self._inner_derivatives(points[-1], data)
-            with torch.no_grad():
-                points.append(self.inner_update(points[-1], list(gradient.values()), step_size, step=step))
-            inner_gradients.append(gradient)
-            hessians.append(hessian_product if second_order else None)
-            rates.append(self.step_rates(step, step_size))
+        points, steps, inner_gradients = self._adapt_detached(theta, batch.inner, batch.shard.size)
+        hessians = [hessian_product if second_order else None for _, hessian_product in steps]
+        rates = [self.step_rates(step, step_size) for step, (step_size, _) in enumerate(steps)]
         return LinearisedAdaptation(theta, points, inner_gradients, hessians, rates, self.lslr is not None)
 
     def step_rates(self, step: int, step_size: float) -> dict[str, torch.Tensor | float]:

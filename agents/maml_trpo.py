@@ -181,7 +181,7 @@ class MAMLTRPO(InnerLoopAgent):
         with ``J = (I - α_K H_K) ⋯ (I - α_1 H_1)`` (second order; the identity in first order), summed over tasks.
         """
         num_tasks, total_tasks = batch.shard.size, batch.shard.total
-        points, inner_hessians = self._adapt_detached(theta, batch.inner, num_tasks)
+        points, inner_hessians, _ = self._adapt_detached(theta, batch.inner, num_tasks)
         with torch.enable_grad():
             adapted = {name: value.clone().requires_grad_() for name, value in points[-1].items()}
             # the old policy is the adapted one itself: one forward pass gives both (the ratio is 1 here)
