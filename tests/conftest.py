@@ -212,6 +212,16 @@ SHORT_NAVIGATION_TRAINING = {
 20 s): 12 iterations of 10 tasks × 10 episodes, tested on 20 held-out tasks."""
 
 
+def trained_and_untrained_test_returns(agent_class: type, values: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
+    """A learning test's two curves: the held-out returns after meta-training the config ``values`` into
+    ``run_dir``, and :func:`untrained_test_returns` of the same config."""
+    from metarl.presets import config_from_dict
+    from metarl.trainer import train
+
+    config = config_from_dict(values)
+    return train(config, run_dir=run_dir).test_returns, untrained_test_returns(agent_class, config)
+
+
 def untrained_test_returns(agent_class: type, config: Any) -> list[float]:
     """The mean held-out return after 0..K steps of ``config``'s agent before any training (the run's
     initialisation: torch seed ``config.seed``), on the run's test tasks with the evaluation's seed: the baseline a

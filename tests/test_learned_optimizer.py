@@ -19,14 +19,11 @@ from conftest import (
     sampled_meta_batch,
     tiny_agent_and_tasks,
     tiny_values,
-    untrained_test_returns,
+    trained_and_untrained_test_returns,
 )
 from metarl.agents.inner_loop import detach_params
 from metarl.agents.learned_optimizer import LearnedOptimizerMAML, preprocess_gradients
 from metarl.agents.policies import batch_params
-
-from metarl.presets import config_from_dict
-from metarl.trainer import train
 
 ALGO = "maml-lstm-optimizer"
 SMALL = {
@@ -248,9 +245,7 @@ def test_adaptation_improves_held_out_navigation_tasks_after_meta_training(tmp_p
         "ppo_epochs": 3,
         "ppo_learning_rate": 0.01,
     }
-    config = config_from_dict(values)
-    trained = train(config, run_dir=tmp_path / "trained").test_returns
-    untrained = untrained_test_returns(LearnedOptimizerMAML, config)
+    trained, untrained = trained_and_untrained_test_returns(LearnedOptimizerMAML, values, tmp_path / "trained")
     # seed 0: untrained -173.1 -> -178.9 -> -253.8 (the untrained LSTM's steps are noise); trained -44.9 -> -32.3 ->
     # -24.7 (seeds 1-3 after training: -41.5 -> -17.5, -277.6 -> -52.3, -42.3 -> -21.0); about half of seed 0's
     # margins as slack

@@ -18,13 +18,12 @@ from conftest import (
     sampled_meta_batch,
     tiny_agent_and_tasks,
     tiny_values,
-    untrained_test_returns,
+    trained_and_untrained_test_returns,
 )
 from metarl.agents.maml_plus_plus import MAMLPlusPlus, cosine_learning_rate, multi_step_loss_weights
 from metarl.agents.maml_ppo import MAMLPPO
 
 from metarl.presets import config_from_dict
-from metarl.trainer import train
 
 ALGO = "maml-plus-plus"
 SMALL = {
@@ -226,9 +225,7 @@ def test_adaptation_improves_held_out_navigation_tasks_after_meta_training(tmp_p
         "first_order_iterations": 4,
         "msl_annealing_iterations": 6,
     }
-    config = config_from_dict(values)
-    trained = train(config, run_dir=tmp_path / "trained").test_returns
-    untrained = untrained_test_returns(MAMLPlusPlus, config)
+    trained, untrained = trained_and_untrained_test_returns(MAMLPlusPlus, values, tmp_path / "trained")
     # seed 0: untrained -166.1 -> -133.7 after two steps; trained -43.3 -> -26.4 -> -18.3 (seeds 1-4 after training:
     # -40.8 -> -16.8, -48.6 -> -37.9, -42.6 -> -23.9, -46.0 -> -22.2); half of seed 0's margins as slack
     assert trained[-1] > untrained[-1] + 50.0, (untrained, trained)

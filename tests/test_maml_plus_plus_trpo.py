@@ -16,15 +16,13 @@ from conftest import (
     sampled_meta_batch,
     tiny_agent_and_tasks,
     tiny_values,
-    untrained_test_returns,
+    trained_and_untrained_test_returns,
 )
 from metarl.agents.maml_plus_plus import step_targets
 from metarl.agents.maml_plus_plus_trpo import MAMLPlusPlusTRPO
 from metarl.agents.maml_trpo import MAMLTRPO
 
 from metarl.optim import flatten_tensors
-from metarl.presets import config_from_dict
-from metarl.trainer import train
 
 ALGO = "maml-plus-plus-trpo"
 SMALL = {
@@ -195,9 +193,7 @@ def test_adaptation_improves_held_out_navigation_tasks_after_meta_training(tmp_p
         "first_order_iterations": 4,
         "msl_annealing_iterations": 6,
     }
-    config = config_from_dict(values)
-    trained = train(config, run_dir=tmp_path / "trained").test_returns
-    untrained = untrained_test_returns(MAMLPlusPlusTRPO, config)
+    trained, untrained = trained_and_untrained_test_returns(MAMLPlusPlusTRPO, values, tmp_path / "trained")
     # seed 0: untrained -166.1 -> -133.7 after two steps; trained -54.2 -> -26.3 -> -17.7; about half the margins
     assert trained[2] > untrained[2] + 50.0
     assert trained[2] > trained[0] + 15.0
