@@ -13,6 +13,9 @@ from metarl.env import MetaEnv
 from metarl.tasks import TaskFamily, check_count, check_real
 from metarl.vector import TorchVectorEnv
 
+DENSE_REWARD_KEY = "dense_reward"
+"""The sparse point robot's ``info`` key of the dense reward, minus the distance to the goal."""
+
 
 @dataclasses.dataclass(frozen=True)
 class GoalTask:
@@ -192,7 +195,7 @@ class SparsePointRobotEnv(_PointRobotEnv):
         _, distance = self._move(np.float32(self.family.max_step) * np.clip(action, -1.0, 1.0))
         success = bool(distance <= np.float32(self.family.goal_radius))
         reward = np.float32(1.0) - distance if success else np.float32(0.0)
-        return float(reward), False, {"success": success}
+        return float(reward), False, {"success": success, DENSE_REWARD_KEY: float(-distance)}
 
 
 class SparsePointRobotVectorEnv(_PointRobotVectorEnv):
@@ -206,7 +209,7 @@ class SparsePointRobotVectorEnv(_PointRobotVectorEnv):
         _, distance = self._move(self.family.max_step * actions.clamp(-1.0, 1.0))
         success = distance <= self.family.goal_radius
         rewards = torch.where(success, 1.0 - distance, 0.0)
-        return rewards, None, {"success": success}
+        return rewards, None, {"success": success, DENSE_REWARD_KEY: -distance}
 
 
 class SparsePointRobot(TaskFamily[GoalTask]):
@@ -227,6 +230,9 @@ class SparsePointRobot(TaskFamily[GoalTask]):
     ## Rewards
     ``1 - ||position - goal||_2`` when that distance is at most ``goal_radius`` (0.2), else 0: PEARL's
     ``sparsify_rewards`` followed by its "+1 inside the radius". ``info["success"]`` is True inside the radius.
+    ``info["dense_reward"]`` is the dense reward ``-||position - goal||_2``, which PEARL's authors trained the
+    critics on while its encoder saw the sparse reward (``pearl_critic_reward=dense_reward``); the reward itself
+    stays sparse.
 
     ## Episode End
     Never terminates; truncated after ``horizon`` steps (20, PEARL's ``max_path_length`` for this env; varibad

@@ -131,6 +131,13 @@ class TrialBatch(NamedTuple):
     """Episodes per trial."""
     tasks: tuple[Any, ...]
     """The task of each trial."""
+    next_observations: torch.Tensor | None = None
+    """``[N, L, *obs_shape]`` float32 observation each step led to (the episode's final observation where it ended,
+    not the next episode's first), when :func:`collect_trials` was asked to keep transitions (off-policy learners
+    store ``(s, a, r, s', terminated)``); else ``None``."""
+    terminated: torch.Tensor | None = None
+    """``[N, L]`` float32, 1 where the step terminated its episode (not where it was truncated), kept with
+    ``next_observations``; else ``None``."""
 
     @property
     def episode_returns(self) -> torch.Tensor:
@@ -172,6 +179,7 @@ def collect_trials(
     policy: TrialPolicy,
     seed: int | None = None,
     device: torch.device | str | None = None,
+    keep_transitions: bool = False,
 ) -> TrialBatch:
     """Play one trial of ``num_episodes`` episodes of ``tasks[i]`` in sub-env ``i``, all trials in parallel.
 
@@ -184,6 +192,8 @@ def collect_trials(
         policy: the agent; its state is initialised once per trial and carried across episode boundaries.
         seed: reset seed (sub-env ``i`` gets ``seed + i``); ``None`` continues the envs' random streams.
         device: where the batch is stored (default: the native env's device, else CPU).
+        keep_transitions: also store each step's next observation and whether it terminated the episode
+            (``TrialBatch.next_observations`` and ``TrialBatch.terminated``).
 
     Returns:
         The trials as a :class:`TrialBatch`.
@@ -226,6 +236,8 @@ def collect_trials(
     reward_buffer = buffer((), torch.float32)
     mask_buffer = buffer((), torch.float32)
     episode_buffer = torch.full((max_steps, num_trials), num_episodes, dtype=torch.int64, device=device)
+    next_obs_buffer = buffer(obs_shape, torch.float32) if keep_transitions else None
+    terminated_buffer = buffer((), torch.float32) if keep_transitions else None
     extra_buffers: dict[str, torch.Tensor] = {}
     info_buffers: dict[str, torch.Tensor] = {}
 
@@ -261,6 +273,15 @@ def collect_trials(
                 info_buffers[key] = buffer((), torch.float32)
             info_buffers[key][step] = torch.where(alive, to_tensor(value, torch.float32), 0.0)
         steps_taken = step + 1
+        if next_obs_buffer is not None and terminated_buffer is not None:
+            terminated_buffer[step] = torch.where(alive, to_tensor(terminated, torch.float32), 0.0)
+            next_obs_buffer[step] = to_tensor(next_observations, torch.float32)
+            if "final_obs" in info:  # where an episode ended, next_observations already starts the next one
+                ended_here = to_tensor(info["final_obs_mask"], torch.bool)
+                final = to_tensor(info["final_obs"], torch.float32)
+                next_obs_buffer[step] = torch.where(
+                    ended_here.reshape(-1, *([1] * len(obs_shape))), final, next_obs_buffer[step]
+                )
 
         # the same-step autoreset already put the next episode's first observation in next_observations
         episodes_done = episodes_done + (ended & alive).to(torch.int64)
@@ -285,4 +306,6 @@ def collect_trials(
         infos={key: trial_major(value) for key, value in info_buffers.items()},
         num_episodes=num_episodes,
         tasks=tuple(tasks),
+        next_observations=None if next_obs_buffer is None else trial_major(next_obs_buffer),
+        terminated=None if terminated_buffer is None else trial_major(terminated_buffer),
     )

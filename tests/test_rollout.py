@@ -254,7 +254,22 @@ def test_a_family_without_success_has_no_episode_successes():
 def test_info_keys(family, kind):
     tasks = sample_tasks(family)
     batch = collect_episodes(make_envs(family, kind), family, tasks, EPISODES, RandomPolicy(family.action_space))
-    assert set(batch.infos) == ({"success"} if isinstance(family, SparsePointRobot) else set())
+    assert set(batch.infos) == ({"success", "dense_reward"} if isinstance(family, SparsePointRobot) else set())
+
+
+@pytest.mark.parametrize("kind", ["native", "sync"])
+def test_sparse_point_robot_reports_the_dense_reward_beside_the_sparse_one(kind):
+    """``info["dense_reward"]`` is minus the distance to the goal after the step (PEARL's critics learn from it);
+    the reward stays sparse."""
+    family = SparsePointRobot()
+    tasks = family.sample_tasks(np.random.default_rng(6), NUM_TASKS)
+    policy = goal_seeking_policy(tasks, 1.0)
+    batch = collect_episodes(make_envs(family, kind), family, tasks, EPISODES, policy, seed=0)
+    goals = torch.tensor([task.goal for task in tasks], dtype=torch.float32)[:, None, None]
+    positions = torch.cat([batch.observations[..., 1:, :], batch.last_observations[..., None, :]], dim=-2)
+    distance = (positions - goals).norm(dim=-1)  # the position after each step
+    torch.testing.assert_close(batch.infos["dense_reward"], -distance, rtol=0, atol=1e-6)
+    assert (batch.rewards[batch.infos["dense_reward"] < -family.goal_radius] == 0).all()
 
 
 @pytest.mark.parametrize(
