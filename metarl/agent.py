@@ -82,6 +82,11 @@ class MetaAgent(Protocol):
     run's largest step needs (its buffers, from the config and the family's spaces and horizon). With it the trainer
     refuses a run that cannot fit in the memory available before anything is written
     (:func:`metarl.budget.check_memory_budget`); without it nothing is checked.
+
+    Optional, together: ``buffers_state_dict()`` and ``load_buffers_state_dict(state)``, state that a resumed run
+    needs but that is too large to copy before every update or to keep in ``best.pt`` (PEARL's replay buffers). The
+    trainer saves it beside ``last.pt`` as ``buffers-<iteration>.pt`` and restores it on resume
+    (:data:`metarl.checkpoint.BUFFERS_CHECKPOINT_PREFIX`); a skipped update does not undo it.
     """
 
     curve_kind: ClassVar[CurveKind]
@@ -133,6 +138,6 @@ PROTOCOL_METHODS = (
 """The methods :func:`metarl.registry.register_agent` checks a class for."""
 PROTOCOL_ATTRIBUTES = {"curve_kind": CurveKind, "trains_across_processes": bool, "progress_metrics": tuple}
 """The class attributes it checks, with their types."""
-OPTIONAL_METHODS = ("memory_estimate",)
-"""Classmethods an agent class may have: :func:`metarl.registry.register_agent` checks that they are callable where
-present (``memory_estimate``: :mod:`metarl.budget`)."""
+OPTIONAL_METHODS = ("memory_estimate", "buffers_state_dict", "load_buffers_state_dict")
+"""Methods an agent class may have: :func:`metarl.registry.register_agent` checks that they are callable where present
+(``memory_estimate``, a classmethod: :mod:`metarl.budget`; the buffers pair: see :class:`MetaAgent`)."""

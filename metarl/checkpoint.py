@@ -21,6 +21,17 @@ LAST_CHECKPOINT = "last.pt"
 """A run folder's latest state (everything needed to resume)."""
 BEST_CHECKPOINT = "best.pt"
 """A run folder's agent as kept by validation (what evaluations use)."""
+BUFFERS_CHECKPOINT_PREFIX = "buffers-"
+"""An agent with replay buffers (``buffers_state_dict``: PEARL) has them saved as ``buffers-<iteration>.pt`` beside
+``last.pt`` (:func:`buffers_checkpoint`), written before ``last.pt`` of the same iteration, the older ones removed after
+it: whatever moment a run is killed at, the buffers of its ``last.pt`` are there."""
+
+
+def buffers_checkpoint(iteration: int) -> str:
+    """The name of the buffers file that goes with ``last.pt`` of ``iteration``."""
+    return f"{BUFFERS_CHECKPOINT_PREFIX}{iteration}.pt"
+
+
 CHECKPOINT_FORMAT = 2
 """The suite's checkpoint format, recorded in each checkpoint's ``identity`` and in a run folder's ``run.json``.
 1: checkpoints without an ``identity`` (written before checkpoints knew their run; they still load); 2: with one

@@ -241,7 +241,13 @@ def register_agent(name: str, agent_class: type, config_class: type[RunConfig]) 
     for method in OPTIONAL_METHODS:
         member = getattr(agent_class, method, None)
         if member is not None and not callable(member):
-            raise TypeError(f"{agent_class.__name__}.{method} must be a classmethod or absent, got {member!r}")
+            raise TypeError(f"{agent_class.__name__}.{method} must be a method or absent, got {member!r}")
+    pair = [hasattr(agent_class, method) for method in ("buffers_state_dict", "load_buffers_state_dict")]
+    if any(pair) and not all(pair):
+        raise TypeError(
+            f"{agent_class.__name__} must have both buffers_state_dict and load_buffers_state_dict, or neither: a "
+            "resumed run restores what the first saved"
+        )
     if not (
         isinstance(config_class, type)
         and issubclass(config_class, RunConfig)

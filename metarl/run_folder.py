@@ -39,14 +39,17 @@ from typing import Any
 
 from metarl.checkpoint import (
     BEST_CHECKPOINT,
+    BUFFERS_CHECKPOINT_PREFIX,
     CHECKPOINT_FORMAT,
     LAST_CHECKPOINT,
     TEMPORARY_SUFFIX,
+    buffers_checkpoint,
     load_checkpoint,
     write_text_atomically,
 )
 from metarl.config import RunConfig, config_to_json
 from metarl.presets import load_run_config
+from metarl.registry import agent_spec
 
 RUN_RECORD = "run.json"
 """The run folder's record of its run id and checkpoint format, written when the folder is created."""
@@ -68,11 +71,14 @@ sampler and picks ``best.pt``, so it shapes the run."""
 RESUMABLE_KEYS = ("agent", "rng", "iteration", "best_validation")
 """What ``last.pt`` must hold for a run to resume from it."""
 
+_BUFFERS_FILE = re.compile(rf"{re.escape(BUFFERS_CHECKPOINT_PREFIX)}(\d+)\.pt")
+"""``buffers-<iteration>.pt`` (:func:`metarl.checkpoint.buffers_checkpoint`)."""
 _STALE_TEMPORARY = re.compile(
-    rf"\.(?:{'|'.join(re.escape(name) for name in OWN_FILES)})\.[a-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}"
+    rf"\.(?:{'|'.join(re.escape(name) for name in OWN_FILES)}|{_BUFFERS_FILE.pattern})\.[a-z0-9_]+"
+    rf"{re.escape(TEMPORARY_SUFFIX)}"
 )
 """``.<own file>.<random>.tmp``, as ``tempfile.mkstemp`` names the atomic writers' temporary files (the random part is
-lower-case letters, digits and ``_``)."""
+lower-case letters, digits and ``_``); the buffers files' likewise."""
 
 
 # -- identity ------------------------------------------------------------------------------------------------------
@@ -296,6 +302,9 @@ class ResumePoint:
     kept_metrics: str | None
     """``metrics.jsonl`` cut at the checkpoint's iteration (the later iterations are logged again); ``None``: left as
     it is (absent, or ends there already)."""
+    buffers: dict[str, Any] | None = None
+    """The agent's replay buffers of the checkpoint's iteration (``buffers-<iteration>.pt``), for an agent that has
+    them (``load_buffers_state_dict``); else ``None``."""
 
 
 def read_resume_point(
@@ -348,7 +357,48 @@ def read_resume_point(
         extended = iterations != config.iterations
         config = dataclasses.replace(config, iterations=iterations)
     kept_metrics = _metrics_up_to(run_dir / METRICS_FILE, done)
-    return config, ResumePoint(checkpoint, run_id, extended, kept_metrics)
+    buffers = None
+    if callable(getattr(agent_spec(config.algo).agent_class, "load_buffers_state_dict", None)):
+        buffers = load_run_buffers(run_dir, done, config, run_id)
+    return config, ResumePoint(checkpoint, run_id, extended, kept_metrics, buffers)
+
+
+def load_run_buffers(run_dir: Path, iteration: int, config: RunConfig, run_id: str | None) -> dict[str, Any]:
+    """The replay buffers saved with ``last.pt`` of ``iteration`` (``buffers-<iteration>.pt``), checked: readable by
+    the weights-only unpickler, of that iteration and of this run.
+
+    Raises:
+        ValueError: a missing, unreadable, damaged or foreign buffers file, in one line naming the file.
+    """
+    path = Path(run_dir) / buffers_checkpoint(iteration)
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is missing: {LAST_CHECKPOINT} is of iteration {iteration} and this agent resumes only with the "
+            "replay buffers saved with it; restore it from a copy, or start the run again"
+        )
+    saved = load_checkpoint(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("buffers"), dict) or saved.get("iteration") != iteration:
+        raise ValueError(
+            f"{path} does not hold the replay buffers of iteration {iteration} (it is damaged or was not written by "
+            "metarl train); restore it from a copy, or start the run again"
+        )
+    check_belongs(
+        path,
+        RunIdentity.from_checkpoint(saved, path),
+        config,
+        run_id,
+        fix="put this run's own buffers file back (a run resumes only with its own replay buffers)",
+    )
+    return saved["buffers"]
+
+
+def remove_other_buffers(run_dir: Path, iteration: int) -> None:
+    """Remove the buffers files of iterations other than ``iteration`` (older ones, or a newer one whose ``last.pt``
+    a killed run never wrote)."""
+    for path in Path(run_dir).iterdir():
+        match = _BUFFERS_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) != iteration and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def resume_run_folder(run_dir: Path, config: RunConfig, point: ResumePoint) -> str:
@@ -356,6 +406,7 @@ def resume_run_folder(run_dir: Path, config: RunConfig, point: ResumePoint) -> s
     removed, a ``run.json`` for a folder made before run ids, ``config.json`` with the new length, ``metrics.jsonl``
     cut at the checkpoint. Returns the run id."""
     remove_stale_temporaries(run_dir)
+    remove_other_buffers(run_dir, point.checkpoint["iteration"])
     run_id = point.run_id if point.run_id is not None else create_run_record(run_dir)
     if point.extended:
         write_text_atomically(run_dir / CONFIG_FILE, config_to_json(config))

@@ -35,6 +35,7 @@ from metarl.budget import check_memory_budget
 from metarl.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
+    buffers_checkpoint,
     load_checkpoint,
     restore_rng_states,
     rng_states,
@@ -59,6 +60,7 @@ from metarl.run_folder import (
     check_new_run_folder,
     create_run_record,
     read_resume_point,
+    remove_other_buffers,
     resume_run_folder,
 )
 from metarl.seeding import seed_everything
@@ -192,6 +194,9 @@ def _train(
     if resume:
         try:  # a checkpoint of the same run fits: anything else stops here, before any write
             agent.load_state_dict(checkpoint["agent"])
+            if resume_point is not None and resume_point.buffers is not None:
+                agent.load_buffers_state_dict(resume_point.buffers)
+                resume_point = dataclasses.replace(resume_point, buffers=None)  # the agent's copies are the ones kept
             restore_rng_states(checkpoint["rng"], task_rng)
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             raise ValueError(
@@ -260,7 +265,13 @@ def _train(
                     "identity": identity,
                     "elapsed_s": console.elapsed_seconds(earlier_seconds, started),  # None: unknown (see above)
                 }
+                buffers = getattr(agent, "buffers_state_dict", None)
+                if callable(buffers):  # first, so that last.pt never names buffers that were not written
+                    saved = {"buffers": buffers(), "iteration": done, "identity": identity}
+                    save_checkpoint(run_dir / buffers_checkpoint(done), saved)
                 save_checkpoint(run_dir / LAST_CHECKPOINT, state)
+                if callable(buffers):
+                    remove_other_buffers(run_dir, done)
     finally:
         progress.close()
         if logger is not None:

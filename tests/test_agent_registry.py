@@ -104,8 +104,8 @@ def test_a_run_folder_from_before_resumes_as_if_trained_now(tmp_path, name):
 def test_a_run_folder_with_an_unknown_algorithm_or_field_is_refused(tmp_path):
     legacy = shutil.copytree(LEGACY_RUNS / "rl2", tmp_path / "legacy")
     values = json.loads((legacy / "config.json").read_text())
-    (legacy / "config.json").write_text(json.dumps({**values, "algo": "pearl"}))
-    with pytest.raises(ValueError, match=r"cannot load the run .*: unknown algo 'pearl'.*--import"):
+    (legacy / "config.json").write_text(json.dumps({**values, "algo": "no-such-algo"}))
+    with pytest.raises(ValueError, match=r"cannot load the run .*: unknown algo 'no-such-algo'.*--import"):
         train(None, resume=legacy)
     (legacy / "config.json").write_text(json.dumps({**values, "surprise": 1}))
     with pytest.raises(ValueError, match=r"unknown config fields .*'surprise'.* for algo 'rl2'"):
@@ -126,3 +126,18 @@ def test_importing_agents_imports_every_module_in_it():
     assert modules <= set(sys.modules)
     registered_from = {agent_spec(name).agent_class.__module__ for name in list_agents()}
     assert registered_from <= modules
+
+
+def test_register_agent_refuses_half_of_the_buffers_pair():
+    """An agent that saves buffers beside ``last.pt`` must be able to load them back, and the other way round."""
+    from metarl.registry import list_agents
+
+    spec = agent_spec("random")
+
+    class SavesOnly(spec.agent_class):
+        def buffers_state_dict(self):
+            return {}
+
+    with pytest.raises(TypeError, match=r"SavesOnly must have both buffers_state_dict and load_buffers_state_dict"):
+        register_agent("saves-only", SavesOnly, spec.config_class)
+    assert "saves-only" not in list_agents()

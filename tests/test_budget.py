@@ -183,7 +183,7 @@ def test_register_agent_refuses_a_memory_estimate_that_is_not_callable():
     class NotCallable(spec.agent_class):
         memory_estimate = 3
 
-    with pytest.raises(TypeError, match=r"NotCallable\.memory_estimate must be a classmethod or absent, got 3"):
+    with pytest.raises(TypeError, match=r"NotCallable\.memory_estimate must be a method or absent, got 3"):
         register_agent("not-callable", NotCallable, spec.config_class)
     assert "not-callable" not in list_agents()
 
