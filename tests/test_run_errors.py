@@ -399,8 +399,15 @@ def test_a_refused_rename_names_the_file_and_leaves_it_whole(run, capsys, monkey
 
 
 def test_leftovers_of_a_killed_write_are_removed_on_resume_and_nothing_else(run, capsys):
-    stale = [".best.pt.abc123.tmp", ".last.pt.x1y2z3_q.tmp", ".metrics.jsonl.k2j3h4g5.tmp", ".run.json.0a1b2c3d.tmp"]
+    stale = [
+        ".best.pt.abc123.tmp",
+        ".last.pt.x1y2z3_q.tmp",
+        ".metrics.jsonl.k2j3h4g5.tmp",
+        ".run.json.0a1b2c3d.tmp",
+        ".buffers-4.pt.abc123.tmp",  # an agent's replay buffers (PEARL)
+    ]
     kept = [
+        ".buffers-x.pt.abc123.tmp",  # not an iteration: not a buffers file
         "notes.tmp",
         ".best.pt.tmp",  # no random part: not made by our writers
         ".best.pt.ABC123.tmp",  # mkstemp's names are lower case
