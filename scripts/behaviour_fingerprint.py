@@ -57,6 +57,10 @@ CASES: dict[str, str] = {
     "classical_agent=psrl",
     "random": f"--algo random {MAML_SMALL}",
     "oracle-ppo": f"--algo oracle-ppo {MAML_SMALL} iterations=2",
+    "pearl": f"--algo pearl {SMALL} meta_batch_size=3 pearl_hidden_sizes=[16] pearl_encoder_hidden_sizes=[16] "
+    "pearl_batch_size=8 pearl_context_batch_size=6 pearl_task_batch_size=3 pearl_gradient_steps=3 "
+    "pearl_initial_steps=100 pearl_prior_steps=100 pearl_extra_posterior_steps=200 pearl_buffer_capacity=500 "
+    "pearl_eval_episodes=2 num_tasks=40",
 }
 """Name → the arguments of ``metarl train`` (all with seed 0)."""
 

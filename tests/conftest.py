@@ -129,9 +129,24 @@ TINY_RL2_CONFIG = {
 TINY_ALGO_VALUES = {
     "maml-plus-plus": {"first_order_iterations": 2, "msl_annealing_iterations": 2},
     "maml-plus-plus-trpo": {"first_order_iterations": 2, "msl_annealing_iterations": 2},
+    "pearl": {
+        "num_tasks": 30,
+        "pearl_hidden_sizes": [16],
+        "pearl_encoder_hidden_sizes": [16],
+        "pearl_batch_size": 8,
+        "pearl_context_batch_size": 6,
+        "pearl_task_batch_size": 3,
+        "pearl_gradient_steps": 3,
+        "pearl_initial_steps": 10,
+        "pearl_prior_steps": 10,
+        "pearl_extra_posterior_steps": 20,
+        "pearl_buffer_capacity": 50,
+        "pearl_eval_episodes": 2,
+    },
 }
 """Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules (on either outer
-loop) must fit in its 4 iterations."""
+loop) must fit in its 4 iterations; PEARL's buffers, networks and gradient steps are made small (24 training
+tasks)."""
 
 
 def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
