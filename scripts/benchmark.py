@@ -8,6 +8,7 @@ Each mode is a module of ``scripts/benchmarks/`` whose docstring says what it me
 * ``--learners``: :mod:`benchmarks.learners`, seconds per meta-iteration of MAML++, the learned optimiser and
   MAML++-TRPO against MAML-PPO and MAML-TRPO, all with two inner steps;
 * ``--rl2``: :mod:`benchmarks.rl2`, RL² trial rollouts and PPO updates;
+* ``--pearl``: :mod:`benchmarks.pearl`, PEARL's SAC step on the stacked meta-batch against a loop over its tasks;
 * ``--distributed``: :mod:`benchmarks.distributed`, seconds per meta-iteration of ``metarl train`` on 1 and 2
   processes;
 * ``--mujoco``: :mod:`benchmarks.mujoco`, the MuJoCo batched env against Gymnasium's vector envs and bare ``mj_step``;
@@ -18,7 +19,7 @@ Usage (from the repository root)::
     python scripts/benchmark.py                     # all light families at 1, 64 and 1024 sub-envs
     python scripts/benchmark.py --quick --out /tmp/bench.json    # a smoke test of a few seconds
     python scripts/benchmark.py --families MetaRL/Bandit-v0 --num-envs 4096 --device cuda
-    python scripts/benchmark.py --maml              # or --learners, --rl2, --distributed, --mujoco, --metaworld
+    python scripts/benchmark.py --maml              # or --learners, --rl2, --pearl, --distributed, --mujoco, ...
     python scripts/benchmark.py --learners --quick --out /tmp/learners.json    # a smoke test of the learners
 
 The results go to ``--out`` as JSON (written atomically; each mode has its own default under ``benchmarks/``) and a
@@ -37,7 +38,7 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package: its benchmarks/ is imported
 
-from benchmarks import distributed, env_steps, learners, maml, metaworld, mujoco, rl2
+from benchmarks import distributed, env_steps, learners, maml, metaworld, mujoco, pearl, rl2
 from benchmarks.common import DEFAULT_BUDGET, DEFAULT_REPEATS, LIGHT_FAMILIES
 from benchmarks.distributed import DEFAULT_DISTRIBUTED_OUT, DISTRIBUTED_RUNS
 from benchmarks.env_steps import DEFAULT_OUT
@@ -45,6 +46,7 @@ from benchmarks.learners import DEFAULT_LEARNERS_ITERATIONS, DEFAULT_LEARNERS_OU
 from benchmarks.maml import DEFAULT_MAML_OUT
 from benchmarks.metaworld import DEFAULT_METAWORLD_OUT, METAWORLD_NUM_ENVS
 from benchmarks.mujoco import DEFAULT_MUJOCO_OUT, MUJOCO_FAMILIES, MUJOCO_NUM_ENVS
+from benchmarks.pearl import DEFAULT_PEARL_OUT, DEFAULT_PEARL_STEPS
 from benchmarks.rl2 import DEFAULT_RL2_OUT
 
 
@@ -106,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead of env steps, time RL² meta-iterations (trial rollout + PPO update) of the bandit and tabular "
         f"MDP presets at GRU sizes 256 and 128, separate and shared critic (default --out {DEFAULT_RL2_OUT})",
+    )
+    parser.add_argument(
+        "--pearl",
+        action="store_true",
+        help="instead of env steps, gradient steps per second of PEARL's SAC step on the HalfCheetahVel and sparse "
+        "point robot presets, the meta-batch stacked vs a loop over its tasks (default --out "
+        f"{DEFAULT_PEARL_OUT})",
+    )
+    parser.add_argument(
+        "--pearl-steps",
+        type=int,
+        default=DEFAULT_PEARL_STEPS,
+        help=f"with --pearl: timed SAC steps per implementation and round (default: {DEFAULT_PEARL_STEPS})",
     )
     parser.add_argument(
         "--metaworld",
@@ -176,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return learners.run(args, argv)
     if args.rl2:
         return rl2.run(args, argv)
+    if args.pearl:
+        if args.pearl_steps < 1:
+            parser.error(f"--pearl-steps must be a positive integer, got {args.pearl_steps}")
+        return pearl.run(args, argv)
     if args.mujoco:
         return mujoco.run(args, argv)
     if args.metaworld:

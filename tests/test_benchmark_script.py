@@ -83,6 +83,18 @@ def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Pat
         assert record["total_steps_per_second"] < min(rates)
 
 
+def test_quick_pearl_benchmark_times_the_batched_step_and_the_loop(tmp_path: Path) -> None:
+    out = tmp_path / "pearl.json"
+    data = load_script("benchmark").main(["--pearl", "--quick", "--out", str(out)])
+    assert data == json.loads(out.read_text())
+    assert [record["preset"] for record in data["results"]] == ["halfcheetah-vel-pearl", "sparse-point-robot-pearl"]
+    for record in data["results"]:
+        assert record["tasks_per_step"] == 16
+        assert record["batched_steps_per_second"] > 0 and record["loop_steps_per_second"] > 0
+        ratio = record["batched_steps_per_second"] / record["loop_steps_per_second"]
+        assert record["batched_over_loop"] == pytest.approx(ratio)
+
+
 def test_quick_mujoco_benchmark_compares_batched_sync_async_and_bare(tmp_path: Path) -> None:
     out = tmp_path / "mujoco.json"
     data = load_script("benchmark").main(
