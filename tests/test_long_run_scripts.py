@@ -77,3 +77,40 @@ def test_step_diagnostics_find_the_plain_implementation_equal_to_ours(tmp_path: 
     assert directions["plain_autograd_float64"]["cosine_with_exact_float64"] == pytest.approx(1.0, abs=1e-6)
     for row in directions.values():
         assert row["step_norm"] > 0 and row["post_adaptation_kl"] > 0
+
+
+def test_learning_curves_are_plotted_against_cumulative_env_steps(tmp_path: Path) -> None:
+    """``scripts/plot_learning_curves.py``: each validation's value at a point, against the env steps summed up to
+    it, for per-episode and per-step curves alike."""
+    episode_run, step_run = tmp_path / "episodes", tmp_path / "steps"
+    records = {
+        episode_run: [
+            {"iteration": 1, "meta/env_steps": 100.0},
+            {"iteration": 2, "meta/env_steps": 50.0, "validation/return_episode_2": -3.0},
+            {"iteration": 3, "meta/env_steps": 50.0, "validation/return_episode_2": -1.0},
+        ],
+        step_run: [{"iteration": 1, "meta/env_steps": 10.0, "validation/return_step_2": -7.0}],
+    }
+    for run, lines in records.items():
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "curves.png"
+    plotted = load_script("plot_learning_curves").main(
+        [
+            str(episode_run),
+            str(step_run),
+            "--names",
+            "a",
+            "b",
+            "--points",
+            "2",
+            "--reference",
+            "x=-5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert plotted["runs"]["a"]["return_2"] == {"env_steps": [150.0, 200.0], "values": [-3.0, -1.0]}
+    assert plotted["runs"]["b"]["return_2"] == {"env_steps": [10.0], "values": [-7.0]}
+    assert plotted["references"] == {"x": -5.0}
+    assert out.stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text()) == plotted
