@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=SPLITS, default="test", help="which tasks (default: test, held out)")
     evaluate.add_argument("--tasks", type=_positive_int, default=None, help="tasks (default: the run's test_tasks)")
     evaluate.add_argument(
+        "--task-pool",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="draw the split from a pool of N tasks instead of the run's num_tasks (more held-out tasks, or the "
+        "test tasks of a run trained with num_tasks=N); the run's training tasks are left out",
+    )
+    evaluate.add_argument(
         "--points",
         type=_positive_int,
         nargs="+",
@@ -286,6 +294,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             progress=True,
             allow_foreign=args.foreign_checkpoint,
+            task_pool=args.task_pool,
         )
         paths = write_evaluation([evaluation], Path(run) / "evaluation", f"{args.split}-{args.checkpoint}")
         print(f"wrote {paths['json']}, .csv, .png", file=sys.stderr)

@@ -73,6 +73,9 @@ class Evaluation:
     """The identity (:class:`metarl.run_folder.RunIdentity`) of the run whose checkpoint was evaluated in this run,
     when it is another run's, evaluated on purpose (``allow_foreign``, ``--foreign-checkpoint``); ``None``: the run's
     own parameters."""
+    task_pool: int | None = None
+    """The size of the pool the split was drawn from when it was not the run's ``num_tasks`` (``task_pool``; the
+    run's training tasks then left out of it); ``None``: the run's own split."""
 
     def per_task(self) -> np.ndarray:
         """``[num_points, num_tasks]``: each task's return averaged over the evaluation seeds."""
@@ -140,6 +143,7 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = False,
     allow_foreign: bool = False,
+    task_pool: int | None = None,
 ) -> Evaluation:
     """Evaluate the agent of a run folder on ``split``: its adaptation curve on each task, for each seed.
 
@@ -158,6 +162,9 @@ def evaluate_run(
         allow_foreign: evaluate the checkpoint even when it belongs to another run (a transfer experiment: another
             run's parameters on this run's family and tasks); it says so on stderr, and the evaluation records that
             run's identity (``foreign_checkpoint``). Without it such a checkpoint is refused.
+        task_pool: draw the split from a pool of this many tasks instead of the run's ``num_tasks`` (more held-out
+            tasks than the run's own split has; the test tasks of another run trained with that ``num_tasks``, to
+            compare on the same tasks); the tasks the run trained on are left out of it.
 
     Raises:
         ValueError: a bad argument, a missing run folder, or a checkpoint that is unreadable or another run's (all
@@ -180,8 +187,17 @@ def evaluate_run(
     num_tasks = check_count("num_tasks", config.test_tasks if num_tasks is None else num_tasks)
     family = make_family(config.family, **config.family_kwargs)
     split_tasks = family.split(seed=config.split_seed, num_tasks=config.num_tasks)[split]
+    if task_pool is not None and task_pool != config.num_tasks:
+        task_pool = check_count("task_pool", task_pool, minimum=2)
+        trained = set(family.split(seed=config.split_seed, num_tasks=config.num_tasks).train)
+        split_tasks = tuple(task for task in family.split(seed=config.split_seed, num_tasks=task_pool)[split])
+        if split != "train":  # held-out tasks stay held out: the run's training tasks are left out of the pool's
+            split_tasks = tuple(task for task in split_tasks if task not in trained)
+    else:
+        task_pool = None
     if num_tasks > len(split_tasks) and family.num_distinct_tasks is None:
-        raise ValueError(f"num_tasks {num_tasks} exceeds the {len(split_tasks)} tasks of the {split} split")
+        pool = "" if task_pool is None else f" (a pool of {task_pool}, the run's training tasks left out)"
+        raise ValueError(f"num_tasks {num_tasks} exceeds the {len(split_tasks)} tasks of the {split} split{pool}")
     task_indices = tuple(i % len(split_tasks) for i in range(num_tasks))
     tasks = [split_tasks[i] for i in task_indices]
 
@@ -237,6 +253,7 @@ def evaluate_run(
         returns=np.stack([curve.returns for curve in curves]),
         success=None if curves[0].success is None else np.stack([curve.success for curve in curves]),
         foreign_checkpoint=None if foreign is None else foreign.to_dict(),
+        task_pool=task_pool,
     )
 
 
@@ -289,6 +306,8 @@ def evaluation_to_json(evaluation: Evaluation) -> dict[str, Any]:
     }
     if fields["foreign_checkpoint"] is None:  # recorded only where another run's parameters were evaluated
         del fields["foreign_checkpoint"]
+    if fields["task_pool"] is None:  # recorded only where the split came from another pool than the run's
+        del fields["task_pool"]
     document = {
         **{key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()},
         "confidence": CONFIDENCE,

@@ -14,7 +14,14 @@ from conftest import TINY_RL2_CONFIG, TINY_TRAIN_CONFIG, tiny_values
 from metarl.agent import CurveKind
 from metarl.checkpoint import BEST_CHECKPOINT, save_checkpoint
 from metarl.cli import main as cli_main
-from metarl.evaluate import Evaluation, bootstrap_ci, comparison_table, evaluate_run, write_evaluation
+from metarl.evaluate import (
+    Evaluation,
+    bootstrap_ci,
+    comparison_table,
+    evaluate_run,
+    evaluation_to_json,
+    write_evaluation,
+)
 from metarl.presets import config_from_dict
 from metarl.registry import make_family
 from metarl.trainer import train
@@ -73,6 +80,22 @@ def test_evaluation_touches_only_the_requested_split(which, maml_run, rl2_run, m
     assert evaluation.task_indices == (0, 1, 2)
     assert evaluation.returns.shape == (2, len(evaluation.points), 3)
     assert np.isfinite(evaluation.returns).all()
+
+
+def test_a_larger_task_pool_gives_more_held_out_tasks_never_the_runs_training_tasks(maml_run, monkeypatch):
+    played = []
+    original = TorchVectorEnv.set_tasks
+    monkeypatch.setattr(TorchVectorEnv, "set_tasks", lambda self, tasks: (played.extend(tasks), original(self, tasks)))
+    config = json.loads((maml_run / "config.json").read_text())
+    family = make_family(config["family"], **config["family_kwargs"])
+    trained = set(family.split(seed=config["split_seed"], num_tasks=config["num_tasks"]).train)
+    evaluation = evaluate_run(maml_run, num_tasks=250, task_pool=4000)
+    assert len(set(played)) == 250 and not set(played) & trained
+    assert set(played) <= set(family.split(seed=config["split_seed"], num_tasks=4000).test)
+    assert evaluation.task_pool == 4000 and evaluation_to_json(evaluation)["task_pool"] == 4000
+    assert "task_pool" not in evaluation_to_json(evaluate_run(maml_run, num_tasks=2))  # the run's own split
+    with pytest.raises(ValueError, match=r"num_tasks 401 exceeds the \d+ tasks of the test split \(a pool of 4000"):
+        evaluate_run(maml_run, num_tasks=401, task_pool=4000)
 
 
 def test_maml_curve_is_steps_from_zero_and_rl2_curve_is_episodes_from_one(maml_run, rl2_run):
