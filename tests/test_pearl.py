@@ -24,6 +24,7 @@ from metarl.agents.pearl import PEARL, POLICY_REGULARIZATION, TANH_EPSILON, SACN
 
 import metarl
 from metarl.checkpoint import LAST_CHECKPOINT, buffers_checkpoint, load_checkpoint
+from metarl.evaluate import evaluate_run
 from metarl.presets import config_from_dict
 from metarl.trainer import train
 from metarl.trials import collect_trials, make_trial_envs
@@ -189,6 +190,21 @@ def test_collected_transitions_hold_the_episodes_final_observation():
     assert torch.equal(observations[:, 4], torch.zeros_like(observations[:, 4]))  # the second episode starts over
     assert not torch.equal(next_observations[:, 3], observations[:, 4])
     assert float(batch.terminated.sum()) == 0.0
+
+
+def test_metarl_evaluate_gives_per_episode_curves_with_success_where_defined(tmp_path):
+    """``metarl evaluate`` runs PEARL's posterior sampling like any agent's curve: episodes 1..n, success rates on
+    the sparse point robot and none on Navigation2D, the same numbers for the same seed."""
+    sparse = {"family": "MetaRL/SparsePointRobot-v0", "family_kwargs": {}, "pearl_critic_reward": "dense_reward"}
+    for name, family_values in (("navigation", {}), ("sparse", sparse)):
+        values = tiny_values("pearl", iterations=2, **family_values)
+        run_dir = train(config_from_dict(values), run_dir=tmp_path / name).run_dir
+        evaluation = evaluate_run(run_dir, num_tasks=3, num_points=4, seeds=(0, 1))
+        assert (evaluation.curve_kind, evaluation.points) == ("episode", (1, 2, 3, 4))
+        assert evaluation.returns.shape == (2, 4, 3) and np.isfinite(evaluation.returns).all()
+        assert (evaluation.success is None) == (name == "navigation")
+        again = evaluate_run(run_dir, num_tasks=3, num_points=4, seeds=(0, 1))
+        np.testing.assert_array_equal(evaluation.returns, again.returns)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
