@@ -39,9 +39,10 @@ encoder buffer of recent prior/posterior data, as in the paper. They are the run
 iteration or keep in ``best.pt``: the trainer saves them beside ``last.pt`` (``buffers_state_dict``).
 
 Differences from the authors' code (katerakelly/oyster), by choice: actions are stored and learned in [-1, 1] and
-scaled to the family's action box when stepping; the sparse point robot's context and RL batches both see the
-family's (sparse) reward, where the authors trained the critics on a dense reward; the training tasks are the train
-split of the run's ``num_tasks`` (the paper: 100 for HalfCheetahVel).
+scaled to the family's action box when stepping; the critics learn from the family's reward unless
+``pearl_critic_reward`` names a step-info value (the sparse point robot's ``dense_reward``: the authors' env gave the
+dense reward and their encoder read the sparse one); the training tasks are the train split of the run's
+``num_tasks`` (the presets: 100, or 80 on the sparse point robot, as the paper's).
 
 References:
     Rakelly, Zhou, Quillen, Finn, Levine. "Efficient Off-Policy Meta-Reinforcement Learning via Probabilistic
