@@ -46,8 +46,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     _write_atomically(Path(path), "wb", lambda file: torch.save(state, file))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with the restricted (weights-only) unpickler.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with the restricted (weights-only) unpickler; with ``mmap`` its tensors are mapped from the
+    file rather than read into memory (replay buffers of gigabytes: read only where they are copied).
 
     Raises:
         ValueError: no file at ``path``, a file that cannot be opened, or one the weights-only unpickler refuses
@@ -62,6 +63,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} cannot be read ({error.strerror or error}); check its permissions") from error
     with file:
         try:
+            if mmap:
+                return torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
             return torch.load(file, map_location=map_location, weights_only=True)
         except Exception as error:  # torch raises many types (EOFError, RuntimeError, UnpicklingError, OSError...)
             raise ValueError(

@@ -110,22 +110,46 @@ class TaskReplayBuffers:
         return {name: value[task_index.unsqueeze(1), rows] for name, value in self.data.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """The tensors and each task's fill and write position (``torch.load(weights_only=True)`` reads it)."""
-        return {"data": dict(self.data), "sizes": self.sizes.clone(), "positions": self.positions.clone()}
+        """The filled rows, each task's fill and write position, and the capacity (``torch.load(weights_only=True)``
+        reads it). Only the rows below the largest fill are saved: a file the size of the data, not of the rings."""
+        filled = int(self.sizes.max()) if self.num_tasks else 0
+        return {
+            "data": {name: value[:, :filled].clone() for name, value in self.data.items()},
+            "sizes": self.sizes.clone(),
+            "positions": self.positions.clone(),
+            "capacity": self.capacity,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` of buffers with the same tasks, capacity and fields."""
         data = state["data"]
         if set(data) != set(self.data):
             raise ValueError(f"the saved buffers hold fields {sorted(data)}, these {sorted(self.data)}")
+        if state.get("capacity") != self.capacity:
+            raise ValueError(f"the saved buffers have capacity {state.get('capacity')}, these {self.capacity}")
+        filled = None
         for name, value in data.items():
-            if value.shape != self.data[name].shape or value.dtype != self.data[name].dtype:
+            expected = self.data[name]
+            rows = value.shape[1] if value.dim() > 1 else -1
+            if (
+                value.dim() != expected.dim()
+                or value.shape[0] != expected.shape[0]
+                or value.shape[2:] != expected.shape[2:]
+                or not 0 <= rows <= self.capacity
+                or rows != (filled if filled is not None else rows)
+                or value.dtype != expected.dtype
+            ):
                 raise ValueError(
                     f"saved field {name!r} is {list(value.shape)} {value.dtype}, these buffers hold "
-                    f"{list(self.data[name].shape)} {self.data[name].dtype}"
+                    f"{list(expected.shape)} {expected.dtype}"
                 )
+            filled = rows
+        # rows written before this load and above the saved fill are zeroed: the state equals the saved one exactly
+        previously = int(self.sizes.max()) if self.num_tasks else 0
         for name, value in data.items():
-            self.data[name].copy_(value)
+            if previously > (filled or 0):
+                self.data[name][:, filled:previously].zero_()
+            self.data[name][:, :filled].copy_(value)
         self.sizes.copy_(state["sizes"])
         self.positions.copy_(state["positions"])
 

@@ -302,9 +302,6 @@ class ResumePoint:
     kept_metrics: str | None
     """``metrics.jsonl`` cut at the checkpoint's iteration (the later iterations are logged again); ``None``: left as
     it is (absent, or ends there already)."""
-    buffers: dict[str, Any] | None = None
-    """The agent's replay buffers of the checkpoint's iteration (``buffers-<iteration>.pt``), for an agent that has
-    them (``load_buffers_state_dict``); else ``None``."""
 
 
 def read_resume_point(
@@ -357,15 +354,15 @@ def read_resume_point(
         extended = iterations != config.iterations
         config = dataclasses.replace(config, iterations=iterations)
     kept_metrics = _metrics_up_to(run_dir / METRICS_FILE, done)
-    buffers = None
     if callable(getattr(agent_spec(config.algo).agent_class, "load_buffers_state_dict", None)):
-        buffers = load_run_buffers(run_dir, done, config, run_id)
-    return config, ResumePoint(checkpoint, run_id, extended, kept_metrics, buffers)
+        load_run_buffers(run_dir, done, config, run_id)  # checked here; mapped, not held: the trainer reads them again
+    return config, ResumePoint(checkpoint, run_id, extended, kept_metrics)
 
 
 def load_run_buffers(run_dir: Path, iteration: int, config: RunConfig, run_id: str | None) -> dict[str, Any]:
     """The replay buffers saved with ``last.pt`` of ``iteration`` (``buffers-<iteration>.pt``), checked: readable by
-    the weights-only unpickler, of that iteration and of this run.
+    the weights-only unpickler, of that iteration and of this run. The tensors are memory-mapped from the file, so
+    that checking them costs no memory and loading them costs only the agent's own copy.
 
     Raises:
         ValueError: a missing, unreadable, damaged or foreign buffers file, in one line naming the file.
@@ -376,7 +373,7 @@ def load_run_buffers(run_dir: Path, iteration: int, config: RunConfig, run_id: s
             f"{path} is missing: {LAST_CHECKPOINT} is of iteration {iteration} and this agent resumes only with the "
             "replay buffers saved with it; restore it from a copy, or start the run again"
         )
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, mmap=True)
     if not isinstance(saved, dict) or not isinstance(saved.get("buffers"), dict) or saved.get("iteration") != iteration:
         raise ValueError(
             f"{path} does not hold the replay buffers of iteration {iteration} (it is damaged or was not written by "

@@ -59,6 +59,7 @@ from metarl.run_folder import (
     RunIdentity,
     check_new_run_folder,
     create_run_record,
+    load_run_buffers,
     read_resume_point,
     remove_other_buffers,
     resume_run_folder,
@@ -194,9 +195,11 @@ def _train(
     if resume:
         try:  # a checkpoint of the same run fits: anything else stops here, before any write
             agent.load_state_dict(checkpoint["agent"])
-            if resume_point is not None and resume_point.buffers is not None:
-                agent.load_buffers_state_dict(resume_point.buffers)
-                resume_point = dataclasses.replace(resume_point, buffers=None)  # the agent's copies are the ones kept
+            if callable(getattr(agent, "load_buffers_state_dict", None)):  # checked by read_resume_point
+                folder_run_id = None if resume_point is None else resume_point.run_id
+                buffers = load_run_buffers(Path(run_dir), checkpoint["iteration"], config, folder_run_id)
+                agent.load_buffers_state_dict(buffers)
+                del buffers  # mapped from the file: the agent's copies are the ones kept
             restore_rng_states(checkpoint["rng"], task_rng)
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             raise ValueError(

@@ -72,8 +72,25 @@ def test_a_restored_state_samples_as_the_original_would(tmp_path):
     assert all(torch.equal(first[name], second[name]) for name in FIELDS)
     assert original.positions.tolist() == restored.positions.tolist() == [2, 2]
     other = TaskReplayBuffers(num_tasks=2, capacity=7, fields=FIELDS)
+    with pytest.raises(ValueError, match="the saved buffers have capacity 6, these 7"):
+        other.load_state_dict(original.state_dict())
+    other = TaskReplayBuffers(num_tasks=3, capacity=6, fields=FIELDS)
     with pytest.raises(ValueError, match="saved field 'observations' is \\[2, 6, 2\\]"):
         other.load_state_dict(original.state_dict())
+
+
+def test_only_the_filled_rows_are_saved_and_a_used_buffer_is_restored_exactly():
+    original = TaskReplayBuffers(num_tasks=2, capacity=1000, fields=FIELDS)
+    original.add(0, transitions(0, 3))
+    original.add(1, transitions(10, 7))
+    state = original.state_dict()
+    assert {name: tuple(value.shape[:2]) for name, value in state["data"].items()} == dict.fromkeys(FIELDS, (2, 7))
+    used = TaskReplayBuffers(num_tasks=2, capacity=1000, fields=FIELDS)
+    used.add(0, transitions(100, 20))  # rows the restored state does not have
+    used.load_state_dict(state)
+    for name in FIELDS:
+        assert torch.equal(used.data[name], original.data[name]), name
+    assert used.sizes.tolist() == [3, 7] and used.positions.tolist() == [3, 7]
 
 
 def test_clear_empties_one_task_and_an_empty_task_is_refused_by_name():
