@@ -3,7 +3,8 @@
 Reads each run folder's ``metrics.jsonl`` (the env steps of every iteration, ``meta/env_steps``, summed; the
 validation return and success rate at each point of the curve, logged every ``eval_interval`` iterations) and plots,
 for each point asked for, every run's validation return (and, with ``--success``, success rate) against its
-cumulative env steps, with optional horizontal reference lines for results measured elsewhere. Writes the figure and
+cumulative env steps (estimated from the config for agents that log none: MAML's), with optional horizontal reference
+lines for results measured elsewhere. Writes the figure and
 the plotted numbers as JSON.
 
     python scripts/plot_learning_curves.py RUN_A RUN_B --names PEARL RL² --points 1 2 3 \\
@@ -24,18 +25,35 @@ from typing import Any
 from metarl.checkpoint import write_bytes_atomically, write_text_atomically
 
 
+def estimated_steps_per_iteration(run_dir: Path) -> float:
+    """Env steps per iteration from the run's config, for agents that do not log ``meta/env_steps`` (MAML and its
+    kin: whole episodes of the horizon, as ``metarl train`` prints at its start)."""
+    from metarl.console import env_steps_per_iteration
+    from metarl.presets import load_run_config
+    from metarl.registry import make_family
+
+    config = load_run_config(run_dir)
+    family = make_family(config.family, **config.family_kwargs)
+    estimate = env_steps_per_iteration(None, config, family.horizon)
+    if estimate is None:
+        raise ValueError(f"{run_dir} logs no meta/env_steps and its config does not tell its env steps per iteration")
+    return float(estimate[0])
+
+
 def learning_curve(run_dir: Path, point: int, metric: str = "return") -> tuple[list[float], list[float]]:
     """``(env steps, value)`` at each validation of ``run_dir``: the validation ``metric`` (``return`` or
-    ``success``) at ``point`` (episode n or step k) against the env steps trained on before it."""
+    ``success``) at ``point`` (episode n or step k) against the env steps trained on before it (the logged
+    ``meta/env_steps``, or :func:`estimated_steps_per_iteration` where the agent logs none)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir} has no metrics.jsonl: pass run folders written by metarl train")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    per_iteration = None
+    if not any("meta/env_steps" in record for record in records):
+        per_iteration = estimated_steps_per_iteration(run_dir)
     steps, values, total = [], [], 0.0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        total += float(record.get("meta/env_steps", 0.0))
+    for record in records:
+        total += float(record.get("meta/env_steps", 0.0)) if per_iteration is None else per_iteration
         for kind in ("episode", "step"):
             key = f"validation/{metric}_{kind}_{point}"
             if key in record:

@@ -11,6 +11,8 @@ import torch
 from conftest import load_script
 
 from metarl import trainer
+from metarl.config import config_to_json
+from metarl.presets import config_from_dict
 
 TINY = [
     "iterations=2",
@@ -94,23 +96,18 @@ def test_learning_curves_are_plotted_against_cumulative_env_steps(tmp_path: Path
     for run, lines in records.items():
         run.mkdir()
         (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    unlogged = tmp_path / "unlogged"  # a MAML run logs no env steps: its config's estimate stands in
+    unlogged.mkdir()
+    (unlogged / "config.json").write_text(config_to_json(config_from_dict({"family_kwargs": {"horizon": 10}})))
+    (unlogged / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "validation/return_step_2": -6.0}) + "\n")
     out = tmp_path / "curves.png"
+    runs = [str(episode_run), str(step_run), str(unlogged)]
     plotted = load_script("plot_learning_curves").main(
-        [
-            str(episode_run),
-            str(step_run),
-            "--names",
-            "a",
-            "b",
-            "--points",
-            "2",
-            "--reference",
-            "x=-5",
-            "--out",
-            str(out),
-        ]
+        [*runs, "--names", "a", "b", "c", "--points", "2", "--reference", "x=-5", "--out", str(out)]
     )
     assert plotted["runs"]["a"]["return_2"] == {"env_steps": [150.0, 200.0], "values": [-3.0, -1.0]}
     assert plotted["runs"]["b"]["return_2"] == {"env_steps": [10.0], "values": [-7.0]}
+    # the default config: 20 tasks x 20 episodes x 10 steps, before and after one inner step
+    assert plotted["runs"]["c"]["return_2"] == {"env_steps": [8000.0], "values": [-6.0]}
     assert plotted["references"] == {"x": -5.0}
     assert out.stat().st_size > 0 and json.loads(out.with_suffix(".json").read_text()) == plotted
