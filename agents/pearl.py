@@ -750,8 +750,11 @@ class PEARL:
         return AdaptationCurve.from_trials(batch)
 
     def selection_score(self, curve: Sequence[float]) -> float:
-        """Validation score that picks the kept parameters: the mean return over the evaluation's episodes."""
-        return float(np.mean(curve))
+        """Validation score that picks the kept parameters: the mean return of the episodes that act on the posterior
+        (after the ``pearl_exploration_episodes``; all of them when there are no others). The prior episodes measure
+        the prior's policy, not adaptation, and their return swings by ±15 between validations on HalfCheetahVel."""
+        posterior = list(curve)[self.config.pearl_exploration_episodes :]
+        return float(np.mean(posterior if posterior else list(curve)))
 
     def state_dict(self) -> dict[str, Any]:
         """The networks, their optimisers and the env-step count (the replay buffers: :meth:`buffers_state_dict`)."""

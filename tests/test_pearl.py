@@ -176,6 +176,14 @@ def _squashed(agent: PEARL, env_actions: torch.Tensor) -> torch.Tensor:
     return (2 * (env_actions - agent.action_low) / span - 1).clamp(-1, 1)
 
 
+def test_validation_keeps_the_parameters_that_adapt_best():
+    """The selection score is the mean of the posterior episodes: the prior's episodes do not count."""
+    agent, _ = tiny_pearl(pearl_exploration_episodes=1)
+    assert agent.selection_score([-80.0, -20.0, -22.0]) == -21.0
+    assert agent.selection_score([-40.0, -30.0, -30.0]) < agent.selection_score([-80.0, -20.0, -22.0])
+    assert agent.selection_score([-5.0]) == -5.0  # no posterior episode: the prior's is all there is
+
+
 def test_collected_transitions_hold_the_episodes_final_observation():
     """``keep_transitions``: s' is the next step's observation inside an episode and the final observation at its
     end (not the next episode's first); nothing terminates on Navigation2D's never-ending episodes."""
