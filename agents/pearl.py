@@ -213,7 +213,7 @@ class SquashedAction(NamedTuple):
 class TanhGaussianPolicy(nn.Module):
     """π(a | s, z): a Gaussian over pre-squash actions whose mean and log-std come from one MLP, squashed by tanh."""
 
-    def __init__(self, observation_size: int, latent_size: int, action_size: int, hidden_sizes: Sequence[int]):
+    def __init__(self, observation_size: int, latent_size: int, action_size: int, hidden_sizes: Sequence[int]) -> None:
         super().__init__()
         self.network = mlp(observation_size + latent_size, hidden_sizes, 2 * action_size)
         self.action_size = action_size
