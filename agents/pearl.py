@@ -339,16 +339,32 @@ class PEARL:
         self.encoder_optimizer = torch.optim.Adam(networks.encoder.parameters(), lr=lr)
         self.value_optimizer = torch.optim.Adam(networks.value.parameters(), lr=lr)
         self.policy_optimizer = torch.optim.Adam(networks.policy.parameters(), lr=lr)
-        fields = self.transition_fields(family)
-        self.replay = TaskReplayBuffers(len(self.train_tasks), config.pearl_buffer_capacity, fields, device)
-        self.encoder_replay = TaskReplayBuffers(
-            len(self.train_tasks), self.encoder_capacity(config, family), fields, device
-        )
+        self._buffers: tuple[TaskReplayBuffers, TaskReplayBuffers] | None = None  # made when first used
         self.env_steps = 0
         """Env steps collected for training so far (the initial collection included)."""
         self._envs: dict[int, gym.vector.VectorEnv] = {}
 
     # -- sizes ------------------------------------------------------------------------------------------------------
+    @property
+    def replay(self) -> TaskReplayBuffers:
+        """The RL buffers of the training tasks, allocated when training first needs them (an evaluation does not)."""
+        return self._allocated_buffers()[0]
+
+    @property
+    def encoder_replay(self) -> TaskReplayBuffers:
+        """The encoder buffers of the training tasks (allocated with :attr:`replay`)."""
+        return self._allocated_buffers()[1]
+
+    def _allocated_buffers(self) -> tuple[TaskReplayBuffers, TaskReplayBuffers]:
+        if self._buffers is None:
+            config, family, fields = self.config, self.family, self.transition_fields(self.family)
+            tasks = len(self.train_tasks)
+            self._buffers = (
+                TaskReplayBuffers(tasks, config.pearl_buffer_capacity, fields, self.device),
+                TaskReplayBuffers(tasks, self.encoder_capacity(config, family), fields, self.device),
+            )
+        return self._buffers
+
     @property
     def context_size(self) -> int:
         """Width of one context transition: s, a, r (and s' with ``pearl_next_obs_in_context``)."""

@@ -213,6 +213,9 @@ def test_metarl_evaluate_gives_per_episode_curves_with_success_where_defined(tmp
         assert (evaluation.success is None) == (name == "navigation")
         again = evaluate_run(run_dir, num_tasks=3, num_points=4, seeds=(0, 1))
         np.testing.assert_array_equal(evaluation.returns, again.returns)
+    agent, tasks = tiny_pearl()
+    agent.adaptation_curve(tasks, np.random.default_rng(0), 2)
+    assert agent._buffers is None  # an evaluation allocates no replay buffers
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
