@@ -68,7 +68,7 @@ from torch import nn
 
 from metarl.agent import AdaptationCurve, CurveKind
 from metarl.budget import FLOAT_BYTES, MemoryEstimate, buffer_estimate, largest, observation_floats, with_sub_envs
-from metarl.config import RunConfig, check_at_least, check_positive_numbers, check_unit_interval
+from metarl.config import RunConfig, check_at_least, check_layer_sizes, check_positive_numbers, check_unit_interval
 from metarl.distributed import Workers
 from metarl.registry import register_agent
 from metarl.replay import TaskReplayBuffers, replay_bytes
@@ -176,22 +176,21 @@ class PEARLConfig(RunConfig):
                 "pearl_prior_steps + pearl_posterior_steps must be >= 1: the encoder buffer of a sampled task is "
                 "emptied each iteration and refilled from these two phases only"
             )
-        for name in ("pearl_hidden_sizes", "pearl_encoder_hidden_sizes"):
-            sizes = getattr(self, name)
-            if not sizes or any(size < 1 for size in sizes):
-                raise ValueError(f"{name} must be a non-empty list of positive ints, got {list(sizes)}")
+        check_layer_sizes(self, "pearl_hidden_sizes pearl_encoder_hidden_sizes")
         check_positive_numbers(self, "pearl_learning_rate pearl_reward_scale pearl_target_tau")
         check_positive_numbers(self, "pearl_kl_weight", zero_allowed=True)
         check_unit_interval(self, "pearl_discount pearl_target_tau")
 
 
 # -- networks -----------------------------------------------------------------------------------------------------
-def mlp(input_size: int, hidden_sizes: Sequence[int], output_size: int) -> nn.Sequential:
-    """ReLU hidden layers, linear output."""
+def mlp(
+    input_size: int, hidden_sizes: Sequence[int], output_size: int, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
+    """Hidden layers with ``activation`` (ReLU), linear output."""
     layers: list[nn.Module] = []
     width = input_size
     for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        layers += [nn.Linear(width, hidden), activation()]
         width = hidden
     layers.append(nn.Linear(width, output_size))
     return nn.Sequential(*layers)

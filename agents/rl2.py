@@ -153,10 +153,16 @@ class RecurrentActorCritic(nn.Module):
 
     def distribution(self, action_outputs: torch.Tensor) -> Distribution:
         """The action distribution given the action head's outputs."""
-        if self.log_std is None:
-            return Categorical(logits=action_outputs, validate_args=False)
-        std = self.log_std.exp().expand_as(action_outputs)
-        return Independent(Normal(action_outputs, std, validate_args=False), 1, validate_args=False)
+        return action_distribution(action_outputs, self.log_std)
+
+
+def action_distribution(action_outputs: torch.Tensor, log_std: torch.Tensor | None) -> Distribution:
+    """A categorical over logits ``action_outputs`` (``log_std`` None: discrete actions), or a diagonal Gaussian with
+    mean ``action_outputs`` and the state-independent ``log_std``."""
+    if log_std is None:
+        return Categorical(logits=action_outputs, validate_args=False)
+    std = log_std.exp().expand_as(action_outputs)
+    return Independent(Normal(action_outputs, std, validate_args=False), 1, validate_args=False)
 
 
 class ReturnNormalizer(nn.Module):

@@ -119,6 +119,14 @@ def check_hidden_sizes(config: Any) -> None:
         raise ValueError(f"hidden_sizes must be positive ints, got {config.hidden_sizes}")
 
 
+def check_layer_sizes(config: Any, names: str) -> None:
+    """Each of the space-separated fields ``names`` is a non-empty sequence of positive layer sizes."""
+    for name in names.split():
+        sizes = getattr(config, name)
+        if not sizes or any(size < 1 for size in sizes):
+            raise ValueError(f"{name} must be a non-empty list of positive ints, got {list(sizes)}")
+
+
 def check_choice(config: Any, name: str, allowed: Iterable[str]) -> None:
     """The string field ``name`` is one of ``allowed``."""
     allowed = tuple(allowed)

@@ -42,6 +42,11 @@ class TrialInputs(NamedTuple):
     """``[N]`` float32 reward of the previous step."""
     episode_ended: torch.Tensor
     """``[N]`` float32, 1 when the previous step ended an episode (this observation starts the next one)."""
+    reached_observations: torch.Tensor | None = None
+    """``[N, *obs_shape]`` float32 observation the previous action led to: ``observations``, except where the previous
+    step ended an episode, where it is that episode's final observation (zeros at a trial's first step). Given to
+    acting agents that infer the task from whole transitions (VariBAD's encoder) when :func:`collect_trials` keeps
+    transitions; ``None`` otherwise, and in a :class:`TrialBatch`, which keeps ``next_observations`` instead."""
 
 
 class TrialPolicy(Protocol):
@@ -193,7 +198,8 @@ def collect_trials(
         seed: reset seed (sub-env ``i`` gets ``seed + i``); ``None`` continues the envs' random streams.
         device: where the batch is stored (default: the native env's device, else CPU).
         keep_transitions: also store each step's next observation and whether it terminated the episode
-            (``TrialBatch.next_observations`` and ``TrialBatch.terminated``).
+            (``TrialBatch.next_observations`` and ``TrialBatch.terminated``), and show the policy the observation
+            each action reached (``TrialInputs.reached_observations``).
 
     Returns:
         The trials as a :class:`TrialBatch`.
@@ -241,9 +247,10 @@ def collect_trials(
     extra_buffers: dict[str, torch.Tensor] = {}
     info_buffers: dict[str, torch.Tensor] = {}
 
+    reached_observations = torch.zeros_like(observations) if keep_transitions else None
     steps_taken = 0
     for step in range(max_steps):
-        inputs = TrialInputs(observations, prev_actions, prev_rewards, episode_ended)
+        inputs = TrialInputs(observations, prev_actions, prev_rewards, episode_ended, reached_observations)
         actions, state, extras = policy.act(inputs, state)
         actions = actions.to(act_dtype)
         if native:
@@ -282,6 +289,7 @@ def collect_trials(
                 next_obs_buffer[step] = torch.where(
                     ended_here.reshape(-1, *([1] * len(obs_shape))), final, next_obs_buffer[step]
                 )
+            reached_observations = next_obs_buffer[step]
 
         # the same-step autoreset already put the next episode's first observation in next_observations
         episodes_done = episodes_done + (ended & alive).to(torch.int64)
