@@ -61,6 +61,9 @@ CASES: dict[str, str] = {
     "pearl_batch_size=8 pearl_context_batch_size=6 pearl_task_batch_size=3 pearl_gradient_steps=3 "
     "pearl_initial_steps=100 pearl_prior_steps=100 pearl_extra_posterior_steps=200 pearl_buffer_capacity=500 "
     "pearl_eval_episodes=2 num_tasks=40",
+    "varibad": f"--algo varibad {SMALL} meta_batch_size=4 trial_episodes=2 varibad_encoder_hidden_size=16 "
+    "varibad_policy_hidden_sizes=[16] varibad_vae_buffer_trials=20 varibad_vae_batch_trials=4 varibad_elbo_samples=5 "
+    "varibad_decode_samples=5",
 }
 """Name → the arguments of ``metarl train`` (all with seed 0)."""
 

@@ -143,10 +143,24 @@ TINY_ALGO_VALUES = {
         "pearl_buffer_capacity": 50,
         "pearl_eval_episodes": 2,
     },
+    "varibad": {
+        "varibad_encoder_hidden_size": 8,
+        "varibad_action_embedding_size": 4,
+        "varibad_state_embedding_size": 4,
+        "varibad_reward_embedding_size": 4,
+        "varibad_reward_decoder_sizes": [8],
+        "varibad_policy_hidden_sizes": [16],
+        "varibad_policy_embedding_size": 8,
+        "varibad_vae_buffer_trials": 20,
+        "varibad_vae_batch_trials": 4,
+        "varibad_elbo_samples": 5,
+        "varibad_decode_samples": 5,
+        "ppo_minibatches": 2,
+    },
 }
 """Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules (on either outer
 loop) must fit in its 4 iterations; PEARL's buffers, networks and gradient steps are made small (24 training
-tasks)."""
+tasks); VariBAD's networks and VAE batches too."""
 
 
 def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
