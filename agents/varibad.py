@@ -69,13 +69,14 @@ from metarl.replay import TaskReplayBuffers, replay_bytes
 from metarl.tasks import TaskFamily
 from metarl.trials import TrialBatch, TrialInputs, collect_trials, encode_prev_actions, make_trial_envs
 
-# Memory estimate (metarl.budget), calibrated on the peak resident memory of VariBAD's training iteration (see
-# docs/algorithms/varibad.md): the trial buffer is exact; a trial step holds the trial batch's tensors and the
-# policy's PPO pass; a decoded pair of the VAE batch holds the decoder's activations and their gradients.
-POLICY_FLOATS_PER_UNIT = 6
+# Memory estimate (metarl.budget), calibrated on the growth of the peak resident memory over three training iterations
+# and an evaluation (HalfCheetahVel and sparse point robot presets; 4 to 128 trials per iteration, VAE batches of 1 to
+# 60 trials): the trial buffer is exact; a trial step holds the trial batch's tensors and the policy's PPO pass; a
+# decoded (posterior, step) pair of the VAE batch holds the decoder's activations and their gradients.
+POLICY_FLOATS_PER_UNIT = 2
 """Floats PPO's update holds per step of the meta-batch and per hidden unit of the policy (activations, gradients,
 minibatch copies)."""
-DECODER_FLOATS_PER_UNIT = 6
+DECODER_FLOATS_PER_UNIT = 4
 """Floats the VAE update holds per decoded (posterior, step) pair and per input or hidden unit of the decoders."""
 
 
@@ -592,7 +593,7 @@ class VariBAD:
         length = config.trial_episodes * family.horizon
         fields = cls.trial_fields(config, family)
         buffer_bytes = replay_bytes(1, config.varibad_vae_buffer_trials, fields)
-        observation = observation_floats(family)
+        observation, action = observation_floats(family), action_feature_size(family.action_space)
         latent = config.varibad_latent_size
         stored = 2 * trial_step_bytes(family) + FLOAT_BYTES * (observation + 2 * latent)  # s' and the belief
         policy_units = 2 * config.varibad_policy_embedding_size + 2 * sum(config.varibad_policy_hidden_sizes)
@@ -601,8 +602,11 @@ class VariBAD:
         elbos = config.varibad_elbo_samples or length + 1
         decodes = config.varibad_decode_samples or length
         decoder_units = (
-            latent + 2 * config.varibad_state_embedding_size + config.varibad_action_embedding_size + observation
-        ) + sum(config.varibad_reward_decoder_sizes)
+            latent + observation + config.varibad_state_embedding_size + sum(config.varibad_reward_decoder_sizes)
+        )
+        if config.varibad_decoder_sees_transition:
+            decoder_units += observation + action + config.varibad_state_embedding_size
+            decoder_units += config.varibad_action_embedding_size
         if config.varibad_decode_state:
             decoder_units += sum(config.varibad_state_decoder_sizes) + 2 * observation
         vae_bytes = (
