@@ -107,14 +107,7 @@ class RecurrentActorCritic(nn.Module):
         self, input_size: int, action_space: gym.Space, hidden_size: int = 256, shared_critic: bool = False
     ) -> None:
         super().__init__()
-        if isinstance(action_space, gym.spaces.Discrete):
-            action_outputs = int(action_space.n)
-            self.log_std = None
-        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-            action_outputs = int(action_space.shape[0])
-            self.log_std = nn.Parameter(torch.zeros(action_outputs))
-        else:
-            raise ValueError(f"RL² supports Discrete and 1-d Box action spaces, got {action_space!r}")
+        action_outputs, self.log_std = action_outputs_and_log_std(action_space, "RL²")
         self.action_space = action_space
         self.hidden_size = hidden_size
         self.actor_gru = nn.GRU(input_size, hidden_size, batch_first=True)
@@ -154,6 +147,17 @@ class RecurrentActorCritic(nn.Module):
     def distribution(self, action_outputs: torch.Tensor) -> Distribution:
         """The action distribution given the action head's outputs."""
         return action_distribution(action_outputs, self.log_std)
+
+
+def action_outputs_and_log_std(action_space: gym.Space, who: str) -> tuple[int, nn.Parameter | None]:
+    """The action head's width for ``action_space`` and, for a 1-d ``Box``, the learned state-independent log-std
+    of its Gaussian (zeros: std 1); ``None`` for a ``Discrete`` space's categorical. Other spaces are refused,
+    naming ``who``."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return int(action_space.n), None
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return int(action_space.shape[0]), nn.Parameter(torch.zeros(int(action_space.shape[0])))
+    raise ValueError(f"{who} supports Discrete and 1-d Box action spaces, got {action_space!r}")
 
 
 def action_distribution(action_outputs: torch.Tensor, log_std: torch.Tensor | None) -> Distribution:
@@ -232,12 +236,24 @@ class RL2:
         self.config = config
         self.device = device
         self.workers = workers or Workers()
-        self.policy = RecurrentActorCritic(
-            trial_input_size(family), family.action_space, config.rl2_hidden_size, config.rl2_shared_critic
-        ).to(device)
+        self.policy = self.make_policy(family, config).to(device)
         self.return_normalizer = ReturnNormalizer().to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.ppo_learning_rate, eps=1e-5)
         self._envs: dict[int, gym.vector.VectorEnv] = {}
+
+    @staticmethod
+    def make_policy(family: TaskFamily, config: Any) -> nn.Module:
+        """The sequence model over trial inputs: a module with ``initial_state(n)``, ``forward(inputs [N, L, D],
+        state) -> (action_outputs, values, final_state)`` and ``distribution(action_outputs)``; a subclass of RL² with
+        another memory (a transformer's) overrides this and :attr:`bptt_steps`."""
+        return RecurrentActorCritic(
+            trial_input_size(family), family.action_space, config.rl2_hidden_size, config.rl2_shared_critic
+        )
+
+    @property
+    def bptt_steps(self) -> int:
+        """Truncated backpropagation through time over chunks of this many steps (0: whole trials)."""
+        return self.config.rl2_bptt_steps
 
     @classmethod
     def memory_estimate(cls, config: RL2Config, family: TaskFamily) -> MemoryEstimate:
@@ -287,7 +303,7 @@ class RL2:
         distribution = self.policy.distribution(action_outputs[:, 0])
         actions = sample_actions(distribution, shard)
         extras = {"log_prob": distribution.log_prob(actions), "value": values[:, 0]}
-        if self.config.rl2_bptt_steps:
+        if self.bptt_steps:
             extras["state"] = state.movedim(0, 1)  # [N, G, H]: where a truncated-BPTT chunk starts from
         return actions, next_state, extras
 
@@ -402,8 +418,8 @@ class RL2:
         sequences = _Sequences(inputs, batch.actions, old_log_probs, advantages, normalized_targets, masks)
         initial_states = None
         chunks_per_trial = 1
-        if config.rl2_bptt_steps:
-            sequences, initial_states = sequences.chunked(config.rl2_bptt_steps, batch.extras["state"])
+        if self.bptt_steps:
+            sequences, initial_states = sequences.chunked(self.bptt_steps, batch.extras["state"])
             chunks_per_trial = sequences.inputs.shape[0] // shard.size
         # this process's sequences are the block [first, first + count) of the meta-batch's (trial-major)
         first, count = shard.start * chunks_per_trial, shard.size * chunks_per_trial

@@ -47,7 +47,13 @@ import numpy as np
 import torch
 from metarl.agents.pearl import mlp
 from metarl.agents.ppo import PPOConfig
-from metarl.agents.rl2 import ReturnNormalizer, action_distribution, clipped_surrogate_loss, trial_advantages
+from metarl.agents.rl2 import (
+    ReturnNormalizer,
+    action_distribution,
+    action_outputs_and_log_std,
+    clipped_surrogate_loss,
+    trial_advantages,
+)
 from torch import nn
 from torch.distributions import Distribution
 
@@ -337,12 +343,8 @@ class BeliefActorCritic(nn.Module):
 
     def __init__(self, observation_size: int, latent_size: int, action_space: gym.Space, config: VariBADConfig) -> None:
         super().__init__()
-        if isinstance(action_space, gym.spaces.Discrete):
-            action_outputs = int(action_space.n)
-            self.log_std = None
-        else:
-            action_outputs = int(np.prod(action_space.shape))
-            self.log_std = nn.Parameter(torch.zeros(action_outputs))  # std 1 at the start (policy_init_std)
+        # a Gaussian's log-std starts at 0: std 1, the authors' policy_init_std
+        action_outputs, self.log_std = action_outputs_and_log_std(action_space, "VariBAD")
         embedding = config.varibad_policy_embedding_size
         self.observation_normalizer = RunningNormalizer(observation_size)
         self.belief_normalizer = RunningNormalizer(2 * latent_size)

@@ -51,6 +51,8 @@ CASES: dict[str, str] = {
     "rl2-bandit": f"--algo rl2 {BANDIT} {RL2_SMALL}",
     "rl2-bandit-bptt-shared": f"--algo rl2 {BANDIT} {RL2_SMALL} rl2_bptt_steps=2 rl2_shared_critic=true",
     "rl2-navigation": f"--algo rl2 {RL2_SMALL} trial_episodes=2",
+    "rl2-transformer-bandit": f"--algo rl2-transformer {BANDIT} {SMALL} meta_batch_size=8 trial_episodes=3 "
+    "transformer_width=16 transformer_heads=2 ppo_epochs=2 ppo_minibatches=2",
     "classical-bandit-thompson": f"--algo classical {BANDIT} {SMALL} meta_batch_size=8 trial_episodes=5 "
     "classical_agent=thompson",
     "classical-tabular-psrl": f"--algo classical {TABULAR} {SMALL} meta_batch_size=4 trial_episodes=2 "

@@ -8,6 +8,7 @@ Each mode is a module of ``scripts/benchmarks/`` whose docstring says what it me
 * ``--learners``: :mod:`benchmarks.learners`, seconds per meta-iteration of MAML++, the learned optimiser and
   MAML++-TRPO against MAML-PPO and MAML-TRPO, all with two inner steps;
 * ``--rl2``: :mod:`benchmarks.rl2`, RL² trial rollouts and PPO updates;
+* ``--transformer``: :mod:`benchmarks.transformer`, the trial transformer against RL²'s GRU at equal parameter counts;
 * ``--pearl``: :mod:`benchmarks.pearl`, PEARL's SAC step on the stacked meta-batch against a loop over its tasks;
 * ``--distributed``: :mod:`benchmarks.distributed`, seconds per meta-iteration of ``metarl train`` on 1 and 2
   processes;
@@ -38,7 +39,7 @@ import torch
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package: its benchmarks/ is imported
 
-from benchmarks import distributed, env_steps, learners, maml, metaworld, mujoco, pearl, rl2
+from benchmarks import distributed, env_steps, learners, maml, metaworld, mujoco, pearl, rl2, transformer
 from benchmarks.common import DEFAULT_BUDGET, DEFAULT_REPEATS, LIGHT_FAMILIES
 from benchmarks.distributed import DEFAULT_DISTRIBUTED_OUT, DISTRIBUTED_RUNS
 from benchmarks.env_steps import DEFAULT_OUT
@@ -48,6 +49,7 @@ from benchmarks.metaworld import DEFAULT_METAWORLD_OUT, METAWORLD_NUM_ENVS
 from benchmarks.mujoco import DEFAULT_MUJOCO_OUT, MUJOCO_FAMILIES, MUJOCO_NUM_ENVS
 from benchmarks.pearl import DEFAULT_PEARL_OUT, DEFAULT_PEARL_STEPS
 from benchmarks.rl2 import DEFAULT_RL2_OUT
+from benchmarks.transformer import DEFAULT_TRANSFORMER_OUT
 
 
 # -- command line --------------------------------------------------------------------------------------------------
@@ -108,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead of env steps, time RL² meta-iterations (trial rollout + PPO update) of the bandit and tabular "
         f"MDP presets at GRU sizes 256 and 128, separate and shared critic (default --out {DEFAULT_RL2_OUT})",
+    )
+    parser.add_argument(
+        "--transformer",
+        action="store_true",
+        help="instead of env steps, the trial transformer against RL²'s GRU at equal parameter counts on the bandit "
+        f"and tabular MDP presets: rollout, PPO update and total steps per second (default --out "
+        f"{DEFAULT_TRANSFORMER_OUT})",
     )
     parser.add_argument(
         "--pearl",
@@ -191,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return learners.run(args, argv)
     if args.rl2:
         return rl2.run(args, argv)
+    if args.transformer:
+        return transformer.run(args, argv)
     if args.pearl:
         if args.pearl_steps < 1:
             parser.error(f"--pearl-steps must be a positive integer, got {args.pearl_steps}")

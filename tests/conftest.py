@@ -157,10 +157,17 @@ TINY_ALGO_VALUES = {
         "varibad_decode_samples": 5,
         "ppo_minibatches": 2,
     },
+    "rl2-transformer": {
+        "trial_episodes": 4,
+        "transformer_width": 16,
+        "transformer_heads": 2,
+        "transformer_layers": 1,
+        "ppo_minibatches": 2,
+    },
 }
 """Per algorithm, what its tiny run needs beyond :data:`TINY_TRAIN_CONFIG`: MAML++'s schedules (on either outer
 loop) must fit in its 4 iterations; PEARL's buffers, networks and gradient steps are made small (24 training
-tasks); VariBAD's networks and VAE batches too."""
+tasks); VariBAD's networks and VAE batches too, and the trial transformer."""
 
 
 def tiny_values(algo: str, **overrides: Any) -> dict[str, Any]:
@@ -223,6 +230,24 @@ def as_float64(data: Any) -> Any:
     """A ``PolicyGradientData`` with its floating tensors in float64."""
     return type(data)(*(t.double() if t.is_floating_point() else t for t in data))
 
+
+TWO_ARMED_BANDIT_TRAINING = {
+    "family": "MetaRL/Bandit-v0",
+    "family_kwargs": {"num_arms": 2},
+    "num_tasks": 4000,
+    "trial_episodes": 10,
+    "meta_batch_size": 256,
+    "iterations": 60,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ppo_learning_rate": 3e-3,
+    "ppo_epochs": 4,
+    "ppo_entropy_coeff": 0.01,
+    "eval_tasks": 256,
+    "test_tasks": 400,
+}
+"""The trial agents' learning check (RL², the trial transformer): 60 iterations of 256 trials of 10 pulls of
+2-armed bandits, tested on 400 held-out bandits (random scores 5.0 per trial; Gittins about 6.3)."""
 
 SHORT_NAVIGATION_TRAINING = {
     "seed": 0,

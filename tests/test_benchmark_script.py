@@ -83,6 +83,20 @@ def test_quick_rl2_benchmark_reports_rollout_and_update_throughput(tmp_path: Pat
         assert record["total_steps_per_second"] < min(rates)
 
 
+def test_quick_transformer_benchmark_compares_equal_sized_models(tmp_path: Path) -> None:
+    out = tmp_path / "transformer.json"
+    data = load_script("benchmark").main(["--transformer", "--quick", "--out", str(out)])
+    assert data == json.loads(out.read_text())
+    assert [record["preset"] for record in data["results"]] == ["rl2-bandit-k5-n100", "rl2-tabular-mdp-n10"]
+    for record in data["results"]:
+        assert record["steps_per_iteration"] == 16 * 100
+        gru, transformer = record["gru"], record["transformer"]
+        assert abs(transformer["parameters"] - gru["parameters"]) < 0.2 * gru["parameters"]  # equal-sized models
+        for part in ("rollout", "update", "total"):
+            assert gru[part] > 0 and transformer[part] > 0
+            assert record["ratios"][part] == pytest.approx(transformer[part] / gru[part])
+
+
 def test_quick_pearl_benchmark_times_the_batched_step_and_the_loop(tmp_path: Path) -> None:
     out = tmp_path / "pearl.json"
     data = load_script("benchmark").main(["--pearl", "--quick", "--out", str(out)])

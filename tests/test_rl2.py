@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RL2_CONFIG
+from conftest import TINY_RL2_CONFIG, TWO_ARMED_BANDIT_TRAINING
 from metarl.agents.rl2 import RL2, clipped_surrogate_loss, trial_advantages
 
 import metarl
@@ -134,22 +134,10 @@ def test_rl2_beats_random_on_held_out_two_armed_bandits(tmp_path):
     """A small RL² on 2-armed bandits with trials of 10 pulls: well above random's 5.0 on held-out tasks."""
     config = config_from_dict(
         {
+            **TWO_ARMED_BANDIT_TRAINING,
             "algo": "rl2",
-            "family": "MetaRL/Bandit-v0",
-            "family_kwargs": {"num_arms": 2},
-            "num_tasks": 4000,
-            "trial_episodes": 10,
             "rl2_hidden_size": 32,
-            "meta_batch_size": 256,
-            "iterations": 60,
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "ppo_learning_rate": 3e-3,
-            "ppo_epochs": 4,
-            "ppo_entropy_coeff": 0.01,
             "eval_interval": 20,
-            "eval_tasks": 256,
-            "test_tasks": 400,
             "progress": False,
             "run_root": str(tmp_path),
         }

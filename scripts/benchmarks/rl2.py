@@ -35,6 +35,18 @@ RL2_NETWORKS = ((256, False), (256, True), (128, False), (128, True))
 DEFAULT_RL2_OUT = Path("benchmarks/rl2.json")
 
 
+def timed_iteration(agent: Any, tasks: Sequence[Any], rng: np.random.Generator, device: torch.device) -> tuple:
+    """One meta-iteration of a trial agent (RL²'s collect, then its PPO update): ``(env steps, rollout seconds,
+    update seconds)``."""
+    start = time.perf_counter()
+    batch = agent.collect(tasks, rng)
+    collected = time.perf_counter()
+    agent.update(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return float(batch.masks.sum()), collected - start, time.perf_counter() - collected
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Time every (preset, network), print its rates, write the JSON to ``--out`` and return it."""
     from metarl.agents.rl2 import RL2
@@ -66,22 +78,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             rng = np.random.default_rng(args.seed)
             rollout_rates, update_rates, total_rates = [], [], []
             for _ in range(repeats):
-                start = time.perf_counter()
-                batch = agent.collect(tasks, rng)
-                collected = time.perf_counter()
-                agent.update(batch)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                done = time.perf_counter()
-                steps = float(batch.masks.sum())
-                rollout_rates.append(steps / (collected - start))
-                update_rates.append(steps / (done - collected))
-                total_rates.append(steps / (done - start))
+                steps, rollout_seconds, update_seconds = timed_iteration(agent, tasks, rng, device)
+                rollout_rates.append(steps / rollout_seconds)
+                update_rates.append(steps / update_seconds)
+                total_rates.append(steps / (rollout_seconds + update_seconds))
             record = {
                 "preset": preset,
                 "rl2_hidden_size": hidden_size,
                 "rl2_shared_critic": shared,
-                "steps_per_iteration": int(batch.masks.sum()),
+                "steps_per_iteration": int(steps),
                 "ppo_epochs": config.ppo_epochs,
                 "rollout_steps_per_second": statistics.median(rollout_rates),
                 "update_steps_per_second": statistics.median(update_rates),
