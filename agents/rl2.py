@@ -42,10 +42,10 @@ from metarl.agent import AdaptationCurve, CurveKind
 from metarl.budget import (
     FLOAT_BYTES,
     MemoryEstimate,
-    buffer_estimate,
+    evaluation_trials_estimate,
     largest,
-    largest_task_set,
     trial_step_bytes,
+    trials_estimate,
     with_sub_envs,
 )
 from metarl.config import check_at_least
@@ -268,24 +268,16 @@ class RL2:
         if config.rl2_bptt_steps:
             update_floats += 2 * grus * config.rl2_hidden_size  # each step's hidden state, kept to start chunks from
         episodes, horizon = config.trial_episodes, family.horizon
-        training = buffer_estimate(
+        training = trials_estimate(
             "training's trials and PPO update",
-            [("meta_batch_size {}", config.meta_batch_size), ("trial_episodes {}", episodes), ("horizon {}", horizon)],
+            config,
+            episodes,
+            horizon,
             stored + FLOAT_BYTES * update_floats,
             ("meta_batch_size", "trial_episodes", "rl2_hidden_size"),
             note=f"rl2_hidden_size {config.rl2_hidden_size}, ppo_minibatches {config.ppo_minibatches}",
         )
-        evaluation_field, evaluation_tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
-        evaluation = buffer_estimate(
-            "an evaluation's trials",
-            [
-                (f"{evaluation_field} {{}}", evaluation_tasks),
-                ("trial_episodes {}", episodes),
-                ("horizon {}", horizon),
-            ],
-            stored,
-            (evaluation_field, "trial_episodes"),
-        )
+        evaluation = evaluation_trials_estimate(config, episodes, horizon, stored)
         sizes = [config.meta_batch_size, config.eval_tasks, config.test_tasks]
         return with_sub_envs(largest(training, evaluation), sizes, family)
 

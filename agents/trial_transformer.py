@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import torch
 from metarl.agents.ppo import PPOConfig
-from metarl.agents.rl2 import RL2, action_distribution, action_outputs_and_log_std
+from metarl.agents.rl2 import RL2, UPDATE_FLOATS_PER_STEP, action_distribution, action_outputs_and_log_std
 from torch import nn
 from torch.distributions import Distribution
 from torch.nn import functional
@@ -44,10 +44,10 @@ from torch.nn import functional
 from metarl.budget import (
     FLOAT_BYTES,
     MemoryEstimate,
-    buffer_estimate,
+    evaluation_trials_estimate,
     largest,
-    largest_task_set,
     trial_step_bytes,
+    trials_estimate,
     with_sub_envs,
 )
 from metarl.config import check_at_least
@@ -252,33 +252,27 @@ class TrialTransformerAgent(RL2):
             BLOCK_FLOATS_PER_WIDTH * config.transformer_width * (1 + config.transformer_mlp_ratio) / 2
             + 2 * config.transformer_heads * length  # attention weights and their gradient, one row per step
         )
-        update_floats = 200 + 4 * trial_input_size(family)
+        update_floats = UPDATE_FLOATS_PER_STEP + 4 * trial_input_size(family)
         update_floats += minibatch_floats / min(config.ppo_minibatches, config.meta_batch_size)
-        training = buffer_estimate(
+        training = trials_estimate(
             "training's trials and PPO update",
-            [
-                ("meta_batch_size {}", config.meta_batch_size),
-                ("trial_episodes {}", config.trial_episodes),
-                ("horizon {}", family.horizon),
-            ],
+            config,
+            config.trial_episodes,
+            family.horizon,
             stored + FLOAT_BYTES * update_floats,
             ("meta_batch_size", "trial_episodes", "transformer_width"),
             note=f"{config.transformer_layers} layers of width {config.transformer_width}",
         )
-        evaluation_field, evaluation_tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
         # acting keeps every layer's keys and values of every step of the trials, in buffers that grow by doubling:
         # up to twice the steps, and the old buffer beside the new while one grows (measured on the MDP preset's
         # 1000 test trials: 182 MiB above RL²'s evaluation, 200 MiB estimated)
         cache_floats = 2 * 2 * 2 * config.transformer_layers * config.transformer_width
-        evaluation = buffer_estimate(
-            "an evaluation's trials and key/value cache",
-            [
-                (f"{evaluation_field} {{}}", evaluation_tasks),
-                ("trial_episodes {}", config.trial_episodes),
-                ("horizon {}", family.horizon),
-            ],
+        evaluation = evaluation_trials_estimate(
+            config,
+            config.trial_episodes,
+            family.horizon,
             stored + FLOAT_BYTES * cache_floats,
-            (evaluation_field, "trial_episodes"),
+            "an evaluation's trials and key/value cache",
         )
         sizes = [config.meta_batch_size, config.eval_tasks, config.test_tasks]
         return with_sub_envs(largest(training, evaluation), sizes, family)

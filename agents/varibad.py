@@ -61,11 +61,11 @@ from metarl.agent import AdaptationCurve, CurveKind
 from metarl.budget import (
     FLOAT_BYTES,
     MemoryEstimate,
-    buffer_estimate,
+    evaluation_trials_estimate,
     largest,
-    largest_task_set,
     observation_floats,
     trial_step_bytes,
+    trials_estimate,
     with_sub_envs,
 )
 from metarl.config import check_at_least, check_layer_sizes, check_positive_numbers
@@ -614,27 +614,15 @@ class VariBAD:
         vae_bytes = (
             config.varibad_vae_batch_trials * elbos * decodes * FLOAT_BYTES * DECODER_FLOATS_PER_UNIT * decoder_units
         )
-        training = buffer_estimate(
+        training = trials_estimate(
             "training's trials and PPO update",
-            [
-                ("meta_batch_size {}", config.meta_batch_size),
-                ("trial_episodes {}", config.trial_episodes),
-                ("horizon {}", family.horizon),
-            ],
+            config,
+            config.trial_episodes,
+            family.horizon,
             step_bytes,
             ("meta_batch_size", "trial_episodes"),
         )
-        evaluation_field, evaluation_tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
-        evaluation = buffer_estimate(
-            "an evaluation's trials",
-            [
-                (f"{evaluation_field} {{}}", evaluation_tasks),
-                ("trial_episodes {}", config.trial_episodes),
-                ("horizon {}", family.horizon),
-            ],
-            stored,
-            (evaluation_field, "trial_episodes"),
-        )
+        evaluation = evaluation_trials_estimate(config, config.trial_episodes, family.horizon, stored)
         peak = largest(training, evaluation)
         total = dataclasses.replace(
             peak,

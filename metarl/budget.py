@@ -121,6 +121,25 @@ def buffer_estimate(
     )
 
 
+def trials_estimate(
+    what: str, config: RunConfig, episodes: int, horizon: int, step_bytes: float, fields: Sequence[str], note: str = ""
+) -> MemoryEstimate:
+    """``what``: a training iteration's trials, ``meta_batch_size`` trials of ``episodes`` episodes of ``horizon``
+    steps, ``step_bytes`` bytes each (:func:`buffer_estimate`)."""
+    factors = [("meta_batch_size {}", config.meta_batch_size), ("trial_episodes {}", episodes), ("horizon {}", horizon)]
+    return buffer_estimate(what, factors, step_bytes, fields, note)
+
+
+def evaluation_trials_estimate(
+    config: RunConfig, episodes: int, horizon: int, step_bytes: float, what: str = "an evaluation's trials"
+) -> MemoryEstimate:
+    """An evaluation's trials: one trial of ``episodes`` episodes per task of the larger of the validation and test
+    sets, ``step_bytes`` bytes a step."""
+    field, tasks = largest_task_set(config, ("test_tasks", "eval_tasks"))
+    factors = [(f"{field} {{}}", tasks), ("trial_episodes {}", episodes), ("horizon {}", horizon)]
+    return buffer_estimate(what, factors, step_bytes, (field, "trial_episodes"))
+
+
 def with_sub_envs(estimate: MemoryEstimate, sizes: Sequence[int], family: TaskFamily) -> MemoryEstimate:
     """``estimate`` plus the vector envs an agent builds and keeps, one per distinct size in ``sizes`` (the agents
     cache an env per size: training's, validation's, the test's), :func:`sub_env_bytes` per sub-env."""
