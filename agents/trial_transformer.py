@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import torch
@@ -81,6 +81,17 @@ class TrialTransformerConfig(PPOConfig):
     """The MLP's hidden width, in multiples of ``transformer_width``."""
     rotary_base: float = 10_000.0
     """The rotary embedding's base period (Su et al.: 10,000)."""
+    transformer_token_pairs: bool = False
+    """Each token holds the trial inputs of its step and of the step before (zeros before the first), so that a
+    whole transition, the state an action was taken in with the action, its reward and the state reached, lies in
+    one token, as in the Decision-Pretrained Transformer's context of transitions; otherwise a token is one step's
+    inputs and attention must join consecutive steps itself."""
+    transformer_shared_critic: bool = False
+    """One trunk feeds both heads (AMAGO's choice; cheaper). The default is a separate critic trunk, as RL²'s
+    separate critic GRU."""
+
+    SAVED_RUN_VALUES: ClassVar[dict[str, Any]] = {"transformer_shared_critic": True}
+    """Runs saved before ``transformer_shared_critic`` existed had one shared trunk."""
 
     def validate(self) -> None:
         super().validate()
@@ -98,24 +109,54 @@ class TrialTransformerConfig(PPOConfig):
 class KVCache(NamedTuple):
     """The keys and values of every layer for the first ``length`` steps of N trials: per layer ``[N, heads,
     capacity, head]`` buffers, of which positions ``< length`` are filled. While acting (no gradient) a step writes
-    its keys and values in place and the buffers grow by doubling, so that a step copies nothing of the past."""
+    its keys and values in place and the buffers grow by doubling, so that a step copies nothing of the past.
+    ``last_inputs [N, D]`` are the trial inputs of step ``length - 1`` (zeros before the first step), which the
+    next step's token pairs with its own."""
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     length: int
+    last_inputs: torch.Tensor
 
 
-def rotate(values: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary position embedding of ``values [..., L, head]`` at integer ``positions [L]``: each pair of dimensions
-    ``(2i, 2i + 1)`` rotated by the angle ``position / base^(2i / head)``."""
-    half = values.shape[-1] // 2
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    frequencies = base ** (-torch.arange(half, device=values.device, dtype=dtype) / half)
-    angles = positions.to(dtype)[:, None] * frequencies[None, :]  # [L, head / 2]
-    cos, sin = angles.cos().to(values.dtype), angles.sin().to(values.dtype)
+def rotary_cos_sin(positions: torch.Tensor, head_width: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosines and sines ``[L, head / 2]`` (float32 or wider) of the rotary angles of integer ``positions [L]``:
+    pair ``(2i, 2i + 1)`` of a head turns by ``position / base^(2i / head)``."""
+    half = head_width // 2
+    dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
+    frequencies = base ** (-torch.arange(half, device=positions.device, dtype=dtype) / half)
+    angles = positions.to(dtype)[:, None] * frequencies[None, :]
+    return angles.cos(), angles.sin()
+
+
+def rotate_by(values: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``values [..., L, head]`` with each pair of dimensions rotated by the angles whose ``cos, sin [L, head / 2]``
+    are given."""
+    cos, sin = cos.to(values.dtype), sin.to(values.dtype)
     even, odd = values[..., 0::2], values[..., 1::2]
-    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
-    return rotated.flatten(-2)
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class RotaryTable:
+    """The rotary cosines and sines of positions ``0 .. capacity - 1``, computed once and grown by doubling, so that
+    a step of the cached rollout slices them instead of computing them per block and per step. Not a module: it is
+    derived from the config, and never saved."""
+
+    def __init__(self, head_width: int, base: float) -> None:
+        self.head_width, self.base = head_width, base
+        self.cos = self.sin = torch.zeros(0, head_width // 2)
+
+    def __call__(self, start: int, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin [length, head / 2]`` of positions ``start .. start + length - 1``, in ``like``'s dtype and on
+        its device."""
+        end = start + length
+        if self.cos.shape[0] < end or self.cos.dtype != like.dtype or self.cos.device != like.device:
+            capacity = max(end, 2 * self.cos.shape[0], 128)
+            dtype = torch.promote_types(like.dtype, torch.float32)
+            positions = torch.arange(capacity, device=like.device, dtype=dtype)
+            cos, sin = rotary_cos_sin(positions, self.head_width, self.base)
+            self.cos, self.sin = cos.to(like.dtype), sin.to(like.dtype)
+        return self.cos[start:end], self.sin[start:end]
 
 
 class CausalBlock(nn.Module):
@@ -123,7 +164,8 @@ class CausalBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: int, rotary_base: float) -> None:
         super().__init__()
-        self.heads, self.head_width, self.rotary_base = heads, width // heads, rotary_base
+        self.heads, self.head_width = heads, width // heads
+        self.rotary = RotaryTable(self.head_width, rotary_base)
         self.attention_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.attention_out = nn.Linear(width, width)
@@ -138,13 +180,14 @@ class CausalBlock(nn.Module):
         Returns the block's output and buffers holding the keys and values of all ``cached + L`` steps.
         """
         num_trials, length, width = x.shape
-        queries, keys, values = (
+        projected = (
             self.qkv(self.attention_norm(x))
             .view(num_trials, length, 3, self.heads, self.head_width)
             .permute(2, 0, 3, 1, 4)  # [3, N, heads, L, head]
         )
-        positions = torch.arange(cached, cached + length, device=x.device)
-        queries, keys = rotate(queries, positions, self.rotary_base), rotate(keys, positions, self.rotary_base)
+        cos, sin = self.rotary(cached, length, projected)
+        queries, keys = rotate_by(projected[:2], cos, sin)  # queries and keys in one rotation
+        values = projected[2]
         key_buffer, value_buffer = _appended(past_keys, keys, cached), _appended(past_values, values, cached)
         keys, values = key_buffer[:, :, : cached + length], value_buffer[:, :, : cached + length]
         if length == 1:  # one new step attends to every step so far: nothing to mask
@@ -175,27 +218,57 @@ def _appended(buffer: torch.Tensor, new: torch.Tensor, cached: int) -> torch.Ten
     return buffer
 
 
+class CausalTrunk(nn.Module):
+    """A linear input embedding, pre-norm :class:`CausalBlock` s and a final LayerNorm: trial inputs to features."""
+
+    def __init__(self, input_size: int, config: TrialTransformerConfig) -> None:
+        super().__init__()
+        width = config.transformer_width
+        self.embedding = nn.Linear(input_size, width)
+        self.blocks = nn.ModuleList(
+            CausalBlock(width, config.transformer_heads, config.transformer_mlp_ratio, config.rotary_base)
+            for _ in range(config.transformer_layers)
+        )
+        self.final_norm = nn.LayerNorm(width)
+
+    def forward(
+        self, inputs: torch.Tensor, keys: tuple[torch.Tensor, ...], values: tuple[torch.Tensor, ...], cached: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Features ``[N, L, width]`` of the L steps after ``cached`` ones, and every block's key and value buffers."""
+        x = self.embedding(inputs)
+        new_keys, new_values = [], []
+        for block, past_keys, past_values in zip(self.blocks, keys, values, strict=True):
+            x, block_keys, block_values = block(x, past_keys, past_values, cached)
+            new_keys.append(block_keys)
+            new_values.append(block_values)
+        return self.final_norm(x), new_keys, new_values
+
+
 class TrialTransformer(nn.Module):
-    """A causal transformer over trial inputs with actor and critic heads on a shared trunk: RL²'s sequence-model
-    interface (``initial_state``, ``forward(inputs, state)``, ``distribution``), its state a :class:`KVCache`."""
+    """A causal transformer over trial inputs with actor and critic heads: RL²'s sequence-model interface
+    (``initial_state``, ``forward(inputs, state)``, ``distribution``), its state a :class:`KVCache`.
+
+    As RL²'s GRU agent, the critic has a trunk of its own by default, so that the value loss does not shape the
+    policy's memory; ``transformer_shared_critic`` puts both heads on one trunk (AMAGO's choice). The cache holds the
+    actor trunk's blocks, then the critic trunk's.
+    """
 
     def __init__(self, input_size: int, action_space: gym.Space, config: TrialTransformerConfig) -> None:
         super().__init__()
         action_outputs, self.log_std = action_outputs_and_log_std(action_space, "the trial transformer")
         width, heads = config.transformer_width, config.transformer_heads
-        self.layers, self.heads, self.head_width = config.transformer_layers, heads, width // heads
-        self.embedding = nn.Linear(input_size, width)
-        self.blocks = nn.ModuleList(
-            CausalBlock(width, heads, config.transformer_mlp_ratio, config.rotary_base)
-            for _ in range(config.transformer_layers)
-        )
-        self.final_norm = nn.LayerNorm(width)
+        self.heads, self.head_width = heads, width // heads
+        self.input_size, self.token_pairs = input_size, config.transformer_token_pairs
+        token_size = 2 * input_size if self.token_pairs else input_size
+        self.actor_trunk = CausalTrunk(token_size, config)
+        self.critic_trunk = None if config.transformer_shared_critic else CausalTrunk(token_size, config)
         self.action_head = nn.Linear(width, action_outputs)
         self.value_head = nn.Linear(width, 1)
         self.apply(self._initialise)
         # small initial action outputs, as RL²'s heads: an even policy explores evenly at the start
         nn.init.orthogonal_(self.action_head.weight, gain=0.01)
         nn.init.zeros_(self.action_head.bias)
+        self.register_load_state_dict_pre_hook(_trunk_named_parameters)
 
     @staticmethod
     def _initialise(module: nn.Module) -> None:
@@ -203,11 +276,18 @@ class TrialTransformer(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
+    @property
+    def cached_blocks(self) -> int:
+        """Blocks whose keys and values the cache holds: the actor trunk's, and the critic trunk's if separate."""
+        trunks = 1 if self.critic_trunk is None else 2
+        return trunks * len(self.actor_trunk.blocks)
+
     def initial_state(self, num_trials: int) -> KVCache:
         """The empty cache of ``num_trials`` new trials."""
-        weight = self.embedding.weight
+        weight = self.value_head.weight
         empty = torch.zeros((num_trials, self.heads, 0, self.head_width), dtype=weight.dtype, device=weight.device)
-        return KVCache((empty,) * self.layers, (empty,) * self.layers, 0)
+        no_inputs = torch.zeros((num_trials, self.input_size), dtype=weight.dtype, device=weight.device)
+        return KVCache((empty,) * self.cached_blocks, (empty,) * self.cached_blocks, 0, no_inputs)
 
     def forward(self, inputs: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """Run ``inputs [N, L, D]``, the L steps after those in ``state``.
@@ -215,18 +295,33 @@ class TrialTransformer(nn.Module):
         Returns ``(action_outputs [N, L, A], values [N, L], state)``, values in the return normaliser's scale; the
         returned cache holds every step so far.
         """
-        x = self.embedding(inputs)
-        keys, values = [], []
-        for layer, block in enumerate(self.blocks):
-            x, layer_keys, layer_values = block(x, state.keys[layer], state.values[layer], state.length)
-            keys.append(layer_keys)
-            values.append(layer_values)
-        x = self.final_norm(x)
-        next_state = KVCache(tuple(keys), tuple(values), state.length + inputs.shape[1])
-        return self.action_head(x), self.value_head(x)[..., 0], next_state
+        tokens = inputs
+        if self.token_pairs:
+            previous = torch.cat([state.last_inputs[:, None].to(inputs.dtype), inputs[:, :-1]], dim=1)
+            tokens = torch.cat([inputs, previous], dim=-1)
+        actor_blocks = len(self.actor_trunk.blocks)
+        actor_features, keys, values = self.actor_trunk(
+            tokens, state.keys[:actor_blocks], state.values[:actor_blocks], state.length
+        )
+        critic_features = actor_features
+        if self.critic_trunk is not None:
+            critic_features, critic_keys, critic_values = self.critic_trunk(
+                tokens, state.keys[actor_blocks:], state.values[actor_blocks:], state.length
+            )
+            keys, values = keys + critic_keys, values + critic_values
+        next_state = KVCache(tuple(keys), tuple(values), state.length + inputs.shape[1], inputs[:, -1])
+        return self.action_head(actor_features), self.value_head(critic_features)[..., 0], next_state
 
     def distribution(self, action_outputs: torch.Tensor) -> Distribution:
         return action_distribution(action_outputs, self.log_std)
+
+
+def _trunk_named_parameters(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A checkpoint saved before the trunks had names (its one shared trunk's parameters at the top level:
+    ``embedding.``, ``blocks.``, ``final_norm.``) loads into ``actor_trunk``."""
+    for old_name in ("embedding.", "blocks.", "final_norm."):
+        for key in [key for key in state_dict if key.startswith(prefix + old_name)]:
+            state_dict[prefix + "actor_trunk." + key.removeprefix(prefix)] = state_dict.pop(key)
 
 
 class TrialTransformerAgent(RL2):
@@ -248,7 +343,8 @@ class TrialTransformerAgent(RL2):
         its attention weights) and an evaluation's trials (:mod:`metarl.budget`)."""
         length = config.trial_episodes * family.horizon
         stored = 2 * trial_step_bytes(family)
-        minibatch_floats = config.transformer_layers * (
+        blocks = config.transformer_layers * (1 if config.transformer_shared_critic else 2)
+        minibatch_floats = blocks * (
             BLOCK_FLOATS_PER_WIDTH * config.transformer_width * (1 + config.transformer_mlp_ratio) / 2
             + 2 * config.transformer_heads * length  # attention weights and their gradient, one row per step
         )
@@ -261,12 +357,12 @@ class TrialTransformerAgent(RL2):
             family.horizon,
             stored + FLOAT_BYTES * update_floats,
             ("meta_batch_size", "trial_episodes", "transformer_width"),
-            note=f"{config.transformer_layers} layers of width {config.transformer_width}",
+            note=f"{blocks} blocks of width {config.transformer_width}",
         )
         # acting keeps every layer's keys and values of every step of the trials, in buffers that grow by doubling:
         # up to twice the steps, and the old buffer beside the new while one grows (measured on the MDP preset's
         # 1000 test trials: 182 MiB above RL²'s evaluation, 200 MiB estimated)
-        cache_floats = 2 * 2 * 2 * config.transformer_layers * config.transformer_width
+        cache_floats = 2 * 2 * 2 * blocks * config.transformer_width
         evaluation = evaluation_trials_estimate(
             config,
             config.trial_episodes,

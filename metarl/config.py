@@ -29,6 +29,10 @@ from typing import Any
 class RunConfig:
     """The fields of every meta-training run, whatever the algorithm."""
 
+    SAVED_RUN_VALUES: typing.ClassVar[dict[str, Any]] = {}
+    """Fields added after runs were saved whose default is not what those runs did: the value a run folder's
+    ``config.json`` without the field stands for (:func:`metarl.presets.load_run_config` fills it in)."""
+
     # -- what to train on --------------------------------------------------------------------------------------------
     family: str = "MetaRL/Navigation2D-v0"
     """Registered task family id (``metarl families`` lists them)."""

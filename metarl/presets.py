@@ -96,7 +96,9 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run folder was trained with (its ``config.json``), validated like any other.
 
     A folder written before each algorithm had its own config holds every field of the old flat config; the ones
-    its algorithm does not have (it never read them) are dropped, so that such a run resumes and evaluates.
+    its algorithm does not have (it never read them) are dropped, so that such a run resumes and evaluates. A field
+    added since the run was saved takes the value that run trained with where its config class names one
+    (``SAVED_RUN_VALUES``), its default otherwise.
 
     Raises:
         ValueError: no run folder, no readable ``config.json`` (each message names the file), an algorithm that is
@@ -129,6 +131,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
         raise ValueError(f"cannot load the run {run_dir}: {error}") from error
     if set(values) <= FLAT_CONFIG_FIELDS | own_fields:
         values = {key: value for key, value in values.items() if key in own_fields}
+    values = {**agent_spec(algo).config_class.SAVED_RUN_VALUES, **values}
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as error:  # a field edited by hand: say which file holds it

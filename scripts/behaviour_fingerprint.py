@@ -25,6 +25,10 @@ MAML_SMALL = f"{SMALL} meta_batch_size=4 episodes_per_task=5 eval_steps=2"
 BANDIT = 'family=MetaRL/Bandit-v0 family_kwargs={"num_arms":5}'
 TABULAR = "family=MetaRL/TabularMDP-v0"
 RL2_SMALL = f"{SMALL} meta_batch_size=8 trial_episodes=3 rl2_hidden_size=16 ppo_epochs=2 ppo_minibatches=2"
+TRANSFORMER_SMALL = (
+    f"{BANDIT} {SMALL} meta_batch_size=8 trial_episodes=3 transformer_width=16 transformer_heads=2 ppo_epochs=2 "
+    "ppo_minibatches=2"
+)
 
 CASES: dict[str, str] = {
     "maml-trpo": f"--algo maml-trpo {MAML_SMALL}",
@@ -51,8 +55,9 @@ CASES: dict[str, str] = {
     "rl2-bandit": f"--algo rl2 {BANDIT} {RL2_SMALL}",
     "rl2-bandit-bptt-shared": f"--algo rl2 {BANDIT} {RL2_SMALL} rl2_bptt_steps=2 rl2_shared_critic=true",
     "rl2-navigation": f"--algo rl2 {RL2_SMALL} trial_episodes=2",
-    "rl2-transformer-bandit": f"--algo rl2-transformer {BANDIT} {SMALL} meta_batch_size=8 trial_episodes=3 "
-    "transformer_width=16 transformer_heads=2 ppo_epochs=2 ppo_minibatches=2",
+    "rl2-transformer-bandit": f"--algo rl2-transformer {TRANSFORMER_SMALL}",
+    "rl2-transformer-bandit-shared": f"--algo rl2-transformer {TRANSFORMER_SMALL} transformer_shared_critic=true",
+    "rl2-transformer-bandit-pairs": f"--algo rl2-transformer {TRANSFORMER_SMALL} transformer_token_pairs=true",
     "classical-bandit-thompson": f"--algo classical {BANDIT} {SMALL} meta_batch_size=8 trial_episodes=5 "
     "classical_agent=thompson",
     "classical-tabular-psrl": f"--algo classical {TABULAR} {SMALL} meta_batch_size=4 trial_episodes=2 "

@@ -32,10 +32,12 @@ def small_transformer(**fields) -> TrialTransformer:
 
 
 @torch.no_grad()
-def test_cached_steps_equal_the_full_forward():
+@pytest.mark.parametrize("shared_critic, token_pairs", [(False, True), (True, False)])
+def test_cached_steps_equal_the_full_forward(shared_critic, token_pairs):
     """Acting one step at a time with the key/value cache, or several new steps at once after cached ones, gives
-    the outputs of one causal pass over the whole trial (float64)."""
-    model = small_transformer()
+    the outputs of one causal pass over the whole trial (float64): with a separate critic trunk or a shared one, with
+    tokens of step pairs or of single steps."""
+    model = small_transformer(transformer_shared_critic=shared_critic, transformer_token_pairs=token_pairs)
     inputs = torch.randn(4, 12, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with torch.enable_grad():  # training's path: the whole trial in one causal pass
         full_actions, full_values, full_cache = model(inputs, model.initial_state(4))
@@ -48,6 +50,8 @@ def test_cached_steps_equal_the_full_forward():
     torch.testing.assert_close(torch.cat(step_actions, dim=1), full_actions, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(torch.cat(step_values, dim=1), full_values, rtol=1e-10, atol=1e-10)
     assert state.length == full_cache.length == 12
+    assert len(state.keys) == len(state.values) == (2 if shared_critic else 4)  # 2 layers per trunk
+    torch.testing.assert_close(state.last_inputs, inputs[:, -1], rtol=0, atol=0)
     for cached, full in zip(state.keys + state.values, full_cache.keys + full_cache.values, strict=True):
         torch.testing.assert_close(cached[:, :, :12], full[:, :, :12], rtol=1e-10, atol=1e-10)
     # 5 steps, then the other 7 at once on top of the cache
@@ -57,8 +61,22 @@ def test_cached_steps_equal_the_full_forward():
     torch.testing.assert_close(rest_values, full_values[:, 5:], rtol=1e-10, atol=1e-10)
 
 
-def test_a_later_step_never_changes_an_earlier_output():
+def test_a_separate_critic_keeps_the_value_loss_out_of_the_actor_trunk():
     model = small_transformer()
+    inputs = torch.randn(3, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    _, values, _ = model(inputs, model.initial_state(3))
+    values.square().sum().backward()
+    assert all(parameter.grad is None for parameter in model.actor_trunk.parameters())
+    assert all(parameter.grad is not None for parameter in model.critic_trunk.parameters())
+    shared = small_transformer(transformer_shared_critic=True)
+    shared(inputs, shared.initial_state(3))[1].square().sum().backward()
+    assert shared.critic_trunk is None
+    assert all(parameter.grad is not None for parameter in shared.actor_trunk.parameters())
+
+
+@pytest.mark.parametrize("shared_critic, token_pairs", [(False, True), (True, False)])
+def test_a_later_step_never_changes_an_earlier_output(shared_critic, token_pairs):
+    model = small_transformer(transformer_shared_critic=shared_critic, transformer_token_pairs=token_pairs)
     inputs = torch.randn(2, 10, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     actions, values, _ = model(inputs, model.initial_state(2))
     changed = inputs.clone()
@@ -72,17 +90,18 @@ def test_a_later_step_never_changes_an_earlier_output():
 def test_attention_scores_depend_on_relative_positions_only():
     """Rotary positions: a query at step i and a key at step j score ``rotate(q, i) · rotate(k, j)``, a function of
     i - j alone, so a trial's steps are told apart by how far back they lie, not where the trial started."""
-    from metarl.agents.trial_transformer import rotate
+    from metarl.agents.trial_transformer import RotaryTable, rotate_by
 
     generator = torch.Generator().manual_seed(3)
     query = torch.randn(1, 8, dtype=torch.float64, generator=generator)
     key = torch.randn(1, 8, dtype=torch.float64, generator=generator)
+    table = RotaryTable(8, 100.0)
     scores = [
-        float((rotate(query, torch.tensor([i]), 100.0) * rotate(key, torch.tensor([j]), 100.0)).sum())
-        for i, j in ((3, 1), (10, 8), (52, 50), (5, 1))
+        float((rotate_by(query, *table(i, 1, query)) * rotate_by(key, *table(j, 1, key))).sum())
+        for i, j in ((3, 1), (10, 8), (52, 50), (300, 298), (5, 1))  # 300: past the table's first 128 positions
     ]
-    assert scores[0] == pytest.approx(scores[1], rel=1e-9) and scores[0] == pytest.approx(scores[2], rel=1e-9)
-    assert scores[3] != pytest.approx(scores[0], rel=1e-3)
+    assert scores[:4] == pytest.approx([scores[0]] * 4, rel=1e-9)
+    assert scores[4] != pytest.approx(scores[0], rel=1e-3)
 
 
 def test_ppo_and_acting_are_rl2s():
@@ -108,6 +127,31 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
         TrialTransformerAgent, tiny_values("rl2-transformer", **BANDIT), tmp_path, monkeypatch
     )
     assert_resumed_equals_reference(reference, resumed)
+
+
+def test_a_run_saved_before_the_trunks_had_names_evaluates_as_before(tmp_path):
+    """A run saved when the transformer had one shared trunk at the top level (no ``transformer_shared_critic`` in
+    its config.json, parameters ``embedding.*``, ``blocks.*``, ``final_norm.*``) loads as that model: the same
+    evaluation as the run written by this code."""
+    import json
+
+    from metarl.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
+    from metarl.evaluate import evaluate_run
+
+    values = {**tiny_values("rl2-transformer", **BANDIT), "transformer_shared_critic": True, "run_root": str(tmp_path)}
+    run_dir = train(config_from_dict(values), run_dir=tmp_path / "run").run_dir
+    before = evaluate_run(run_dir, num_tasks=3)
+    config_path = run_dir / "config.json"
+    saved_config = json.loads(config_path.read_text())
+    del saved_config["transformer_shared_critic"]
+    config_path.write_text(json.dumps(saved_config))
+    checkpoint = load_checkpoint(run_dir / BEST_CHECKPOINT)
+    policy = checkpoint["agent"]["policy"]
+    checkpoint["agent"]["policy"] = {key.removeprefix("actor_trunk."): value for key, value in policy.items()}
+    assert "embedding.weight" in checkpoint["agent"]["policy"]
+    save_checkpoint(run_dir / BEST_CHECKPOINT, checkpoint)
+    after = evaluate_run(run_dir, num_tasks=3)
+    np.testing.assert_array_equal(after.returns, before.returns)
 
 
 @pytest.mark.parametrize(
@@ -141,5 +185,6 @@ def test_transformer_beats_random_on_held_out_two_armed_bandits(tmp_path):
     assert sum(result.test_returns) > LEARNING_THRESHOLD, result.test_returns
 
 
-LEARNING_THRESHOLD = 5.35
-"""Random's 5.0 plus half the gain measured (5.73 per trial on the 400 held-out bandits, about 6 s)."""
+LEARNING_THRESHOLD = 5.5
+"""Random's 5.0 plus half the gain measured (6.07 per trial on the 400 held-out bandits with the separate critic
+trunk, about 10 s; 5.73 with a shared trunk)."""
