@@ -90,11 +90,14 @@ def test_quick_transformer_benchmark_compares_equal_sized_models(tmp_path: Path)
     assert [record["preset"] for record in data["results"]] == ["rl2-bandit-k5-n100", "rl2-tabular-mdp-n10"]
     for record in data["results"]:
         assert record["steps_per_iteration"] == 16 * 100
-        gru, transformer = record["gru"], record["transformer"]
-        assert abs(transformer["parameters"] - gru["parameters"]) < 0.2 * gru["parameters"]  # equal-sized models
-        for part in ("rollout", "update", "total"):
-            assert gru[part] > 0 and transformer[part] > 0
-            assert record["ratios"][part] == pytest.approx(transformer[part] / gru[part])
+        gru = record["gru"]
+        for name, ratios, shared in (("transformer", "ratios", False), ("transformer_shared", "ratios_shared", True)):
+            transformer = record[name]
+            assert transformer["transformer_shared_critic"] is shared
+            assert abs(transformer["parameters"] - gru["parameters"]) < 0.2 * gru["parameters"]  # equal-sized models
+            for part in ("rollout", "update", "total"):
+                assert gru[part] > 0 and transformer[part] > 0
+                assert record[ratios][part] == pytest.approx(transformer[part] / gru[part])
 
 
 def test_quick_pearl_benchmark_times_the_batched_step_and_the_loop(tmp_path: Path) -> None:
