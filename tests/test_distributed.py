@@ -29,7 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 MAML_CONFIG = {**TINY_TRAIN_CONFIG, "meta_batch_size": 5, "seed": 1}
 TRPO_CONFIG = {**MAML_CONFIG, "cg_damping": 0.1}
 # 7 trials over 2 processes: blocks of 3 and 4, so minibatches hold uneven shares (and sometimes none) of a process's
+# trials
 RL2_CONFIG = {**TINY_RL2_CONFIG, "meta_batch_size": 7, "eval_tasks": 5, "test_tasks": 5, "seed": 1}
+TRANSFORMER_CONFIG = {
+    **{key: value for key, value in RL2_CONFIG.items() if not key.startswith("rl2_")},
+    "algo": "rl2-transformer",
+    "transformer_width": 16,
+    "transformer_heads": 2,
+}
 PARAMETER_TOLERANCE = 1e-4
 
 
@@ -199,8 +206,9 @@ def test_maml_trpo_on_two_processes_matches_one_process_and_resumes_under_torchr
         RL2_CONFIG,
         {**MAML_CONFIG, "algo": "maml-ppo", "ppo_kl_coeff": 0.1},  # ProMP's penalty on the pre-adaptation policy
         {**MAML_CONFIG, "algo": "reptile"},
+        TRANSFORMER_CONFIG,
     ],
-    ids=["rl2", "maml-ppo", "reptile"],
+    ids=["rl2", "maml-ppo", "reptile", "rl2-transformer"],
 )
 def test_two_uneven_processes_match_one_process(tmp_path, config):
     single = train(config_from_dict({**config, "run_root": str(tmp_path / "one")}))
