@@ -359,9 +359,10 @@ class TrialTransformerAgent(RL2):
             ("meta_batch_size", "trial_episodes", "transformer_width"),
             note=f"{blocks} blocks of width {config.transformer_width}",
         )
-        # acting keeps every layer's keys and values of every step of the trials, in buffers that grow by doubling:
-        # up to twice the steps, and the old buffer beside the new while one grows (measured on the MDP preset's
-        # 1000 test trials: 182 MiB above RL²'s evaluation, 200 MiB estimated)
+        # acting keeps every block's keys and values of every step of the trials, in buffers that grow by doubling:
+        # up to twice the steps, and the old buffer beside the new while one grows. A bound of 4x the keys and
+        # values: on the MDP preset's 1000 test trials of 100 steps the peak grew about 1.9x (182 MiB above RL²'s
+        # evaluation with one trunk of width 64, 280 MiB with two trunks of width 48)
         cache_floats = 2 * 2 * 2 * blocks * config.transformer_width
         evaluation = evaluation_trials_estimate(
             config,
